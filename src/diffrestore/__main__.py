@@ -1,0 +1,3 @@
+from diffrestore.cli.main import main
+
+raise SystemExit(main())
