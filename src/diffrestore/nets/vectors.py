@@ -130,13 +130,19 @@ def run_vector(vdir: Path) -> list[VectorResult]:
             continue
         have = have.detach().reshape(want.shape).to(want.dtype)
         diff = (have.double() - want.double()).abs().max().item() if want.numel() else 0.0
-        tol = 0.0 if name in exact or (name.split(".")[0] in exact) else atol * _scale(name, want)
+        tol = 0.0 if name in exact or (name.split(".")[0] in exact) else atol * _scale(name, want, io)
         results.append(VectorResult(f"{vdir.name}/{name}", diff, tol, diff <= tol))
     return results
 
 
-def _scale(name: str, want: torch.Tensor) -> float:
-    """Relative tolerances the refs README prescribes for tiny-valued outputs."""
+def _scale(name: str, want: torch.Tensor, io: Tensors) -> float:
+    """Tolerance factors the refs README prescribes.
+
+    Tiny-valued outputs are compared relatively; ``pred_xstart``/``mean`` amplify float32 noise of eps by
+    sqrt(1/abar_t - 1) (43x at t=861), so for t > 800 the README prescribes atol 1e-3.
+    """
+    if name in ("pmv_pred_xstart", "pmv_mean") and "in.t" in io and io["in.t"].max().item() > 800:
+        return 10.0
     if name == "cond_grad":  # entries ~1e-2: 1e-3 of max |cond_grad|, expressed in units of atol
         return max(want.abs().max().item() * 1e-3 / 1e-4, 1e-3)
     if name == "pmv_variance":  # 1e-4..2e-2: compare relatively
