@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("diffrestore: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `diffrestore models | head`: not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""Atomic file writes: a failed or interrupted write never leaves a half-written output behind.
+
+Everything we write (restored images, float arrays, checkpoints) goes to a temporary file in the target's
+directory (same filesystem, so the final ``os.replace`` is atomic) and is renamed only once complete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from diffrestore.errors import UserError
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success, delete it on failure."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"output path is a directory: {path}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UserError(f"output directory does not exist: {parent}")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise UserError(f"cannot write to {parent}: {e.strerror or e}") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # make the bytes durable before the rename makes them visible
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
