@@ -12,7 +12,9 @@ from diffrestore.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffrestore", description="Restore photos of any size with diffusion models.")
+    parser = argparse.ArgumentParser(
+        prog="diffrestore", description="Restore photos of any size with diffusion models."
+    )
     parser.add_argument("--version", action="version", version=f"diffrestore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     import diffrestore.cli as pkg

@@ -38,3 +38,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def follow_link_file(path: str | os.PathLike) -> Path:
+    """Resolve a symlink stored as a tiny text file holding its relative target (as git does on checkouts
+    without symlink support, e.g. ``refs/adm_small.json`` → ``nets/adm_small/config.json``)."""
+    p = Path(path)
+    try:
+        if p.is_file() and p.stat().st_size < 512:
+            text = p.read_bytes().decode("ascii").strip()
+            target = p.parent / text
+            if text and "\n" not in text and not text.startswith("{") and target.is_file():
+                return target
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass
+    return p

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from diffrestore.errors import UserError
-from diffrestore.io.atomic import atomic_path
+from diffrestore.io.atomic import atomic_path, follow_link_file
 
 StateDict = dict[str, Tensor]
 
@@ -114,7 +114,7 @@ def unwrap(obj: object, source: str = "checkpoint") -> StateDict:
 
 def load_state_dict(path: str | os.PathLike) -> StateDict:
     """Load a checkpoint file into a flat CPU ``{key: tensor}`` dict; never runs pickled code."""
-    path = Path(path)
+    path = follow_link_file(path)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     if not path.is_file():

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from diffrestore.errors import UserError
+from diffrestore.io.atomic import follow_link_file
 from diffrestore.io.checkpoints import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, load_into
 from diffrestore.nets import FAMILIES, build_network
 
@@ -203,7 +204,7 @@ _ROLE = {"adm_unet": "denoiser", "ddpm_unet": "denoiser", "resshift_swinunet": "
 def _read_config_json(config_json: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
     if isinstance(config_json, dict):
         return copy.deepcopy(config_json)
-    p = Path(config_json)
+    p = follow_link_file(config_json)
     if not p.is_file():
         raise UserError(f"model config JSON not found: {p}")
     try:
