@@ -1,0 +1,66 @@
+"""Identity operator (``A = I``): denoising, and the neutral element for compositions and tests.
+
+Why an operator at all: DDNM+ with ``A = I`` is a denoiser driven by ``sigma_y`` (METHODS §1.4), and
+pipelines (tiling, CLI) can treat denoising like any other task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffrestore.operators.base import Operator, SVDView, register_operator
+
+__all__ = ["Denoise", "Identity"]
+
+
+@register_operator
+class Identity(SVDView, Operator):
+    """``A = Aᵀ = A⁺ = I``; SVD view with ``U = V = I`` and all singular values 1."""
+
+    task = "identity"
+    pointwise = True
+    channelwise = True
+
+    def A(self, x: Tensor) -> Tensor:
+        return x
+
+    def At(self, y: Tensor) -> Tensor:
+        return y
+
+    def pinv(self, y: Tensor) -> Tensor:
+        return y
+
+    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
+        return tuple(int(s) for s in x_shape)
+
+    def x_shape_from_y(self, y_shape: Sequence[int]) -> tuple[int, ...]:
+        return tuple(int(s) for s in y_shape)
+
+    def singular_values(self, x_shape: Sequence[int] | None = None) -> Tensor:
+        return torch.ones(1, 1, 1, dtype=torch.float64)
+
+    def Vt(self, x: Tensor) -> Tensor:
+        return x
+
+    def V(self, c: Tensor) -> Tensor:
+        return c
+
+    def Ut(self, y: Tensor) -> Tensor:
+        return y
+
+    def U(self, c: Tensor) -> Tensor:
+        return c
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        return {}, {}
+
+
+@register_operator
+class Denoise(Identity):
+    """The identity under the task name ``denoise`` (y = x + noise; the noise level goes to DDNM+)."""
+
+    task = "denoise"
