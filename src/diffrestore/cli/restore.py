@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from diffrestore.cli.common import add_task_options, parse_travel, task_options
 from diffrestore.errors import UserError
@@ -37,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--tile", type=int, default=None, help="patch size (default: the model's native size)")
     t.add_argument("--overlap", type=int, default=None, help="tile overlap (default tile/2)")
     t.add_argument("--hierarchical", action="store_true", help="Hierarchical Restoration (global coherence)")
+    t.add_argument("--hir-factor", type=int, default=None,
+                   help="--hierarchical: phase-1 reduction factor (default 2)")
     t.add_argument("--batch", type=int, default=8, help="tiles per network call")
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0)
@@ -49,11 +52,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffrestore.api import restore
+    from diffrestore.api import read_observation, restore
     from diffrestore.io.images import write_float, write_image
 
     _check_output(args.output)
-    y = _read_observation(args.input)
+    float_path = args.output.with_suffix(".npy")
+    if args.write_float and float_path.resolve() == args.input.resolve():
+        raise UserError(f"--float would overwrite the observation {args.input}; choose another OUT name")
+    if args.task == "cs" and args.input.suffix.lower() != ".npy":
+        raise UserError("a compressed-sensing observation is an array of coefficients, not an image: restore "
+                        "the .npy written by `diffrestore degrade --task cs` with its --params")
+    y = read_observation(args.input)
     op = None
     if args.params:
         from diffrestore.operators.base import load_operator
@@ -63,21 +72,25 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--params describe task {op.task!r}, not {args.task!r}")
     else:
         opts = task_options(args, y)
-    print(f"diffrestore: {args.input} ({y.shape[-1]}x{y.shape[-2]}) -> task {args.task} {_fmt(opts)}",
-          file=sys.stderr)
+    announced: list[bool] = []
 
-    def on_plan(summary) -> None:
+    def on_plan(summary: Any) -> None:
+        # the header waits until the model is loaded and the tiles are checked: a bad input gets one line
+        if not announced:
+            announced.append(True)
+            print(f"diffrestore: {args.input} ({y.shape[-1]}x{y.shape[-2]}) -> task {args.task} {_fmt(opts)}",
+                  file=sys.stderr)
         print(f"plan: {summary.describe()}", file=sys.stderr)
 
     res = restore(y, None if op is not None else args.task, op=op, method=args.method, model=args.model,
                   config=args.config,
                   models_dir=args.models_dir, steps=args.steps, eta=args.eta, sigma_y=args.sigma_y,
                   travel=args.travel, tile=args.tile, overlap=args.overlap, hierarchical=args.hierarchical,
-                  seed=args.seed, batch=args.batch, device=args.device, dtype=args.dtype, compat=args.compat,
-                  progress=not args.quiet, on_plan=on_plan, **opts)
+                  hir_factor=args.hir_factor, seed=args.seed, batch=args.batch, device=args.device,
+                  dtype=args.dtype, compat=args.compat, progress=not args.quiet, on_plan=on_plan, **opts)
+    if args.write_float:  # the float first: if the image write then fails, no PNG claims a finished run
+        write_float(float_path, res.x)
     write_image(args.output, res.image)
-    if args.write_float:
-        write_float(args.output.with_suffix(".npy"), res.x)
     info = res.info
     H, W = res.image.shape[-2:]
     seam = info.get("seam_score")
@@ -88,27 +101,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_observation(path: Path):
-    """An image file, or a ``.npy`` float observation written by ``degrade`` (compact y, e.g. CS)."""
-    from diffrestore.io.images import read_image
-
-    if path.suffix.lower() != ".npy":
-        return read_image(path)
-    import numpy as np
-    import torch
-
-    try:
-        return torch.from_numpy(np.load(path, allow_pickle=False)).float()
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read observation {path}: {e}") from None
-
-
 def _check_output(out: Path) -> None:
+    """Refuse a bad OUT before any work (also used by ``degrade``): nothing may run to be thrown away."""
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"):
         raise UserError(f"output {out}: unsupported image extension {out.suffix!r} (use .png, .jpg or .tif)")
     if not out.parent.exists():
         raise UserError(f"output folder does not exist: {out.parent}")
 
 
-def _fmt(opts: dict) -> str:
+def _fmt(opts: dict[str, Any]) -> str:
+    """Scalar task options for the header line (arrays such as masks are left out)."""
     return " ".join(f"{k}={v}" for k, v in opts.items() if not hasattr(v, "shape"))

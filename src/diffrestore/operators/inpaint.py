@@ -75,6 +75,10 @@ class Inpaint(SVDView, Operator):
         self.check_shape(x.shape)
         return self._cached("mask", x, lambda: self.mask.to(torch.float64))
 
+    def y_from_image(self, img: Tensor) -> Tensor:
+        """A photo with holes: whatever the file holds at unknown pixels is not data, so zero it (y = A y)."""
+        return self.A(img)
+
     def A(self, x: Tensor) -> Tensor:
         return x * self._m(x)
 
