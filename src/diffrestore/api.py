@@ -16,6 +16,7 @@ nothing is written. ``on_plan`` is only called once all of that has passed.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,7 +71,31 @@ def betas_for(diffusion: dict[str, Any] | None) -> np.ndarray:
 def load_denoiser(model: str | Path | None = None, config: str | Path | dict | None = None,
                   models_dir: str | Path | None = None, device: str = "cpu",
                   dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """Registry model (or user checkpoint + config) as a ``Denoiser``; returns ``(denoiser, spec)``."""
+    """Registry model (or user checkpoint + config) as a ``Denoiser``; returns ``(denoiser, spec)``.
+
+    The last two loads are cached (keyed by the arguments and the file's mtime), so evaluating a data set
+    image by image loads the network once.
+    """
+    if isinstance(config, dict):
+        return _load_denoiser(model, config, models_dir, device, dtype)
+    key = (str(model) if model is not None else None, str(config) if config is not None else None,
+           str(models_dir) if models_dir is not None else None, str(device), dtype, _mtime(model))
+    return _cached_denoiser(key)
+
+
+def _mtime(model: str | Path | None) -> float | None:
+    p = Path(str(model)) if model is not None else None
+    return p.stat().st_mtime if p is not None and p.is_file() else None
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_denoiser(key: tuple) -> tuple[Any, Any]:
+    model, config, models_dir, device, dtype, _ = key
+    return _load_denoiser(model, config, models_dir, device, dtype)
+
+
+def _load_denoiser(model: str | Path | None, config: str | Path | dict | None, models_dir: str | Path | None,
+                   device: str, dtype: torch.dtype) -> tuple[Any, Any]:
     from diffrestore.diffusion.denoiser import Denoiser
     from diffrestore.io.registry import DEFAULT_NAME, load_model
 
