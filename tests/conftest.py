@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+
+from diffrestore.diffusion.denoiser import Denoiser
+from diffrestore.diffusion.schedules import linear_betas
+from diffrestore.io.checkpoints import load_into
+from diffrestore.nets import build_network
 
 REFS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "refs"
 
@@ -15,3 +21,13 @@ def refs_dir() -> Path:
     if not REFS_DIR.is_dir():
         pytest.skip(f"reference vectors not found at {REFS_DIR}")
     return REFS_DIR
+
+
+@pytest.fixture(scope="module")
+def denoiser(refs_dir: Path) -> Denoiser:
+    """The small reference ADM (``refs/nets/adm_small``, learned sigma) on the linear 1000-step schedule."""
+    d = refs_dir / "nets" / "adm_small"
+    cfg = json.loads((d / "config.json").read_text())
+    net = build_network(cfg["family"], cfg["config"])
+    load_into(net, d / "weights.safetensors")
+    return Denoiser(net.eval(), linear_betas(1000), learned_sigma=True)

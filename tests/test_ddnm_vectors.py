@@ -11,15 +11,12 @@ from safetensors.torch import load_file
 
 from diffrestore.diffusion.denoiser import Denoiser
 from diffrestore.diffusion.noise import Replay, SeededNoise
-from diffrestore.diffusion.schedules import linear_betas
-from diffrestore.io.checkpoints import load_into
 from diffrestore.methods.ddnm import ddnm
 from diffrestore.methods.ddnm_official_ops import (
     OfficialColorization,
     OfficialSRConv,
     official_bicubic_kernel,
 )
-from diffrestore.nets import build_network
 from diffrestore.operators.denoise import Identity
 from diffrestore.operators.inpaint import Inpaint
 from diffrestore.operators.sr import AvgPoolSR
@@ -28,13 +25,10 @@ CASES = ["sr4_avgpool", "sr2_avgpool_sigma", "inpaint_travel", "colorization_svd
 
 
 @pytest.fixture(scope="module")
-def denoiser(refs_dir: Path) -> Denoiser:
+def denoiser(denoiser: Denoiser) -> Denoiser:
+    """conftest's adm_small denoiser, run single-threaded for these vectors."""
     torch.set_num_threads(1)
-    vdir = refs_dir / "nets" / "adm_small"
-    cfg = json.loads((vdir / "config.json").read_text())
-    net = build_network(cfg["family"], cfg["config"]).eval()
-    load_into(net, vdir / "weights.safetensors")
-    return Denoiser(net, linear_betas(1000))
+    return denoiser
 
 
 def _load(refs_dir: Path, case: str):

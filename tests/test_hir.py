@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from diffrestore.diffusion.denoiser import Denoiser
 from diffrestore.diffusion.noise import SeededNoise
-from diffrestore.diffusion.schedules import linear_betas
 from diffrestore.errors import UserError
-from diffrestore.io.checkpoints import load_into
-from diffrestore.nets import build_network
 from diffrestore.operators.colorize import Colorize
 from diffrestore.operators.denoise import Identity
 from diffrestore.operators.inpaint import Inpaint
@@ -22,15 +16,6 @@ from diffrestore.operators.sr import AvgPoolSR
 from diffrestore.tiling.hir import ddnm_hir, lowres_problem
 
 KW = dict(steps=5, eta=0.85, tile=32)
-
-
-@pytest.fixture(scope="module")
-def denoiser(refs_dir: Path) -> Denoiser:
-    d = refs_dir / "nets" / "adm_small"
-    cfg = json.loads((d / "config.json").read_text())
-    net = build_network(cfg["family"], cfg["config"])
-    load_into(net, d / "weights.safetensors")
-    return Denoiser(net.eval(), linear_betas(1000), learned_sigma=True)
 
 
 def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:

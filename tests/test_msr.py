@@ -12,9 +12,6 @@ from safetensors.torch import load_file
 
 from diffrestore.diffusion.denoiser import Denoiser
 from diffrestore.diffusion.noise import Replay, SeededNoise
-from diffrestore.diffusion.schedules import linear_betas
-from diffrestore.io.checkpoints import load_into
-from diffrestore.nets import build_network
 from diffrestore.operators.colorize import Colorize
 from diffrestore.operators.inpaint import Inpaint
 from diffrestore.operators.sr import AvgPoolSR
@@ -23,15 +20,6 @@ from diffrestore.tiling.plan import make_plan
 from diffrestore.tiling.runner import pad_tile, plan_summary, tile_batches
 
 KW = dict(steps=5, eta=0.85, tile=32)
-
-
-@pytest.fixture(scope="module")
-def denoiser(refs_dir: Path) -> Denoiser:
-    d = refs_dir / "nets" / "adm_small"
-    cfg = json.loads((d / "config.json").read_text())
-    net = build_network(cfg["family"], cfg["config"])
-    load_into(net, d / "weights.safetensors")
-    return Denoiser(net.eval(), linear_betas(1000), learned_sigma=True)
 
 
 def _image(h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -105,7 +105,8 @@ _MEM_SCRIPT = textwrap.dedent(
     before = rss_now()
     with torch.no_grad():
         h = block(x)
-    out["attn16k"] = {"shape": list(h.shape), "growth_mb": peak() - before, "finite": bool(h.isfinite().all())}
+    growth = peak() - before
+    out["attn16k"] = {"shape": list(h.shape), "growth_mb": growth, "finite": bool(h.isfinite().all())}
     del block, x, h
     for name, cfg, side in json.loads(sys.argv[1]):
         model = build_network("vq_f4", cfg).eval().requires_grad_(False)

@@ -367,6 +367,15 @@ def _plots(out: Path, protocol: Protocol, rows: list[dict[str, Any]], summary: d
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
 
+    def save(fig: Any, ax: Any, stem: str) -> None:
+        """Grid, tight layout, ``plots/<stem>.png``, close; the file goes into ``files[stem]``."""
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        p = plots / f"{stem}.png"
+        fig.savefig(p)
+        plt.close(fig)
+        files[stem] = str(p)
+
     # 1. quality vs time per method
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
     times = [s["wall_s"]["mean"] for s in summary.values() if "wall_s" in s and s["wall_s"]["mean"] > 0]
@@ -384,12 +393,7 @@ def _plots(out: Path, protocol: Protocol, rows: list[dict[str, Any]], summary: d
     ax.set_xlabel("time per image (s, wall)")
     ax.set_ylabel(name)
     ax.set_title(f"{protocol.name}: {name} vs time")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    p = plots / "psnr_vs_time.png"
-    fig.savefig(p)
-    plt.close(fig)
-    files["psnr_vs_time"] = str(p)
+    save(fig, ax, "psnr_vs_time")
 
     # 2. per-image scatter against the classical reference
     ok = _latest_ok(rows)
@@ -419,12 +423,7 @@ def _plots(out: Path, protocol: Protocol, rows: list[dict[str, Any]], summary: d
     ax.set_xlabel(f"{_label(ref)} {name}")
     ax.set_ylabel(f"method {name}")
     ax.set_title(f"per image: methods vs {_label(ref)} (above the line = better)", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    p = plots / "psnr_scatter.png"
-    fig.savefig(p)
-    plt.close(fig)
-    files["psnr_scatter"] = str(p)
+    save(fig, ax, "psnr_scatter")
     return files
 
 

@@ -8,6 +8,8 @@ Why one place: PSNR, SSIM and NIQE must agree exactly on what "the Y channel of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -90,3 +92,27 @@ def prepare_pair(
         a = rgb_to_y(a / 255.0) * 255.0  # type: ignore[operator]
         b = rgb_to_y(b / 255.0) * 255.0  # type: ignore[operator]
     return a, b
+
+
+PerImage = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def score_batch(
+    name: str, per_image: PerImage, x: torch.Tensor, y: torch.Tensor, crop_border: int, test_y_channel: bool,
+    quantize: bool,
+) -> torch.Tensor:
+    """``<name>_batch``: ``per_image`` on library tensors ``[B, C, H, W]`` in [0, 1] -> float64 ``[B]``."""
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+        raise TypeError(f"{name}_batch takes torch tensors; use {name}() for numpy images")
+    return per_image(*prepare_pair(x, y, crop_border, test_y_channel, quantize))
+
+
+def score_one(
+    name: str, per_image: PerImage, img1: np.ndarray | torch.Tensor, img2: np.ndarray | torch.Tensor,
+    crop_border: int, test_y_channel: bool, quantize: bool,
+) -> float:
+    """``<name>``: ``per_image`` on one image pair (numpy 0-255 or torch [0, 1]) -> float."""
+    a, b = prepare_pair(img1, img2, crop_border, test_y_channel, quantize)
+    if a.shape[0] != 1:
+        raise ValueError(f"{name}() scores one image; got a batch of {a.shape[0]} -- use {name}_batch()")
+    return float(per_image(a, b)[0])

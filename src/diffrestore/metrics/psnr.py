@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._common import prepare_pair
+from ._common import score_batch, score_one
 
 __all__ = ["psnr", "psnr_y", "psnr_batch"]
 
@@ -42,10 +42,7 @@ def psnr_batch(
     ``quantize=False`` by default here: in-library tensors are continuous (e.g. operator outputs); pass
     ``quantize=True`` to score them as the 8-bit files they will become.
     """
-    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
-        raise TypeError("psnr_batch takes torch tensors; use psnr() for numpy images")
-    a, b = prepare_pair(x, y, crop_border, test_y_channel, quantize)
-    return _psnr_from_batches(a, b)
+    return score_batch("psnr", _psnr_from_batches, x, y, crop_border, test_y_channel, quantize)
 
 
 def psnr(
@@ -59,10 +56,7 @@ def psnr(
 
     ``quantize`` only affects torch inputs ([0, 1] -> rounded 0-255); numpy inputs are used as given.
     """
-    a, b = prepare_pair(img1, img2, crop_border, test_y_channel, quantize)
-    if a.shape[0] != 1:
-        raise ValueError(f"psnr() scores one image; got a batch of {a.shape[0]} -- use psnr_batch()")
-    return float(_psnr_from_batches(a, b)[0])
+    return score_one("psnr", _psnr_from_batches, img1, img2, crop_border, test_y_channel, quantize)
 
 
 def psnr_y(

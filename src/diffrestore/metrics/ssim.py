@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._common import prepare_pair
+from ._common import score_batch, score_one
 
 __all__ = ["ssim", "ssim_y", "ssim_batch", "gaussian_window_1d"]
 
@@ -61,10 +61,7 @@ def ssim_batch(
     quantize: bool = False,
 ) -> torch.Tensor:
     """Per-image SSIM of ``[B, C, H, W]`` tensors in [0, 1]; returns float64 ``[B]``."""
-    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
-        raise TypeError("ssim_batch takes torch tensors; use ssim() for numpy images")
-    a, b = prepare_pair(x, y, crop_border, test_y_channel, quantize)
-    return _ssim_from_batches(a, b)
+    return score_batch("ssim", _ssim_from_batches, x, y, crop_border, test_y_channel, quantize)
 
 
 def ssim(
@@ -75,10 +72,7 @@ def ssim(
     quantize: bool = True,
 ) -> float:
     """SSIM of one image pair, BasicSR ``calculate_ssim`` semantics (see module docstring)."""
-    a, b = prepare_pair(img1, img2, crop_border, test_y_channel, quantize)
-    if a.shape[0] != 1:
-        raise ValueError(f"ssim() scores one image; got a batch of {a.shape[0]} -- use ssim_batch()")
-    return float(_ssim_from_batches(a, b)[0])
+    return score_one("ssim", _ssim_from_batches, img1, img2, crop_border, test_y_channel, quantize)
 
 
 def ssim_y(

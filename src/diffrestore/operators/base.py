@@ -47,10 +47,14 @@ from diffrestore.errors import UserError
 
 __all__ = [
     "Box",
+    "IdentityBasis",
     "Operator",
     "SVDView",
+    "SameShape",
     "crop_stack",
+    "fit_multiple",
     "load_operator",
+    "read_array_file",
     "register_operator",
     "shape_chw",
 ]
@@ -386,6 +390,37 @@ class SVDView:
         raise NotImplementedError
 
 
+class IdentityBasis(SVDView):
+    """Mixin: an SVD view with ``U = V = I`` (the singular values alone describe ``A``, e.g. a mask)."""
+
+    def Vt(self, x: Tensor) -> Tensor:
+        return x
+
+    def V(self, c: Tensor) -> Tensor:
+        return c
+
+    def Ut(self, y: Tensor) -> Tensor:
+        return y
+
+    def U(self, c: Tensor) -> Tensor:
+        return c
+
+
+class SameShape:
+    """Mixin: ``y`` has the shape of ``x`` (masks, blurs, the identity)."""
+
+    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
+        return tuple(int(s) for s in x_shape)
+
+    def x_shape_from_y(self, y_shape: Sequence[int]) -> tuple[int, ...]:
+        return tuple(int(s) for s in y_shape)
+
+
+def fit_multiple(x_shape: Sequence[int], m: int) -> tuple[int, ...]:
+    """``x_shape`` with height and width cropped down to multiples of ``m`` (a ``fit_shape`` for grids)."""
+    return (*tuple(x_shape)[:-2], x_shape[-2] - x_shape[-2] % m, x_shape[-1] - x_shape[-1] % m)
+
+
 def _cast_like(obj: Any, like: Tensor) -> Any:
     if isinstance(obj, tuple):
         return tuple(_cast_like(o, like) for o in obj)
@@ -406,6 +441,35 @@ def _json_path(target: str | os.PathLike[str]) -> Path:
     if p.suffix == ".json":
         return p
     return p.with_name(p.name + ".operator.json")
+
+
+def read_array_file(
+    path: str | os.PathLike[str],
+    what: str,
+    from_npy: Callable[[np.ndarray], np.ndarray],
+    from_image: Callable[[Any], np.ndarray],
+) -> np.ndarray:
+    """A user's ``.npy`` array or image file, through ``from_npy(array)`` / ``from_image(PIL image)``.
+
+    Why here: masks and kernels accept the same two file kinds and must fail the same way: a missing or
+    unreadable file is a ``UserError`` naming ``what`` and the path.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} file {p} not found")
+    if p.suffix.lower() == ".npy":
+        try:
+            a = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {what} {p}: {e}") from e
+        return from_npy(a)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            return from_image(im)
+    except (OSError, UnidentifiedImageError) as e:
+        raise UserError(f"cannot read {what} image {p}: {e}") from e
 
 
 def _write_png_mask(path: Path, m: np.ndarray) -> None:

@@ -24,6 +24,7 @@ from diffrestore.operators.base import (
     _with_batch,
     check_boxes,
     crop_stack,
+    fit_multiple,
     register_operator,
     shape_chw,
 )
@@ -36,6 +37,14 @@ def _check_rate(rate: float) -> float:
     if not 0 < rate <= 1:
         raise UserError(f"compressed-sensing rate (kept fraction) must be in (0, 1], got {rate}")
     return float(rate)
+
+
+def _saved_indices(values: Tensor | np.ndarray, n: int, message: str) -> Tensor:
+    """Flat int64 CPU indices, each in ``[0, n)`` and at least one; else ``UserError(message)``."""
+    idx = torch.as_tensor(values).detach().cpu().to(torch.int64).flatten()
+    if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= n:
+        raise UserError(message)
+    return idx
 
 
 @register_operator
@@ -70,9 +79,7 @@ class RandomPixelsCS(SVDView, Operator):
             m = max(1, round(self.rate * n))
             idx = torch.randperm(n, generator=g)[:m].sort().values
         else:
-            idx = torch.as_tensor(indices).detach().cpu().to(torch.int64).flatten()
-            if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= n:
-                raise UserError("saved compressed-sensing indices do not fit the image size")
+            idx = _saved_indices(indices, n, "saved compressed-sensing indices do not fit the image size")
         self.indices = idx
 
     @property
@@ -207,10 +214,7 @@ class WalshHadamardCS(SVDView, Operator):
             else:
                 idx = torch.randperm(n, generator=g)[:m]
             kept = idx.sort().values
-        k = torch.as_tensor(kept).detach().cpu().to(torch.int64).flatten()
-        if k.numel() == 0 or int(k.min()) < 0 or int(k.max()) >= n:
-            raise UserError("saved Walsh-Hadamard indices do not fit the block size")
-        self.kept = k
+        self.kept = _saved_indices(kept, n, "saved Walsh-Hadamard indices do not fit the block size")
 
     @property
     def m(self) -> int:
@@ -227,8 +231,7 @@ class WalshHadamardCS(SVDView, Operator):
             )
 
     def fit_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
-        b = self.block
-        return (*tuple(x_shape)[:-2], x_shape[-2] - x_shape[-2] % b, x_shape[-1] - x_shape[-1] % b)
+        return fit_multiple(x_shape, self.block)
 
     def _wht(self, x: Tensor) -> Tensor:
         """Block 2-D WHT ``[B, C, H, W]`` → ``[B, C, H/b, W/b, b·b]`` (involutory up to the layout)."""

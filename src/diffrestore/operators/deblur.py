@@ -38,7 +38,16 @@ import torch
 from torch import Tensor
 
 from diffrestore.errors import UserError
-from diffrestore.operators.base import Box, Operator, SVDView, check_boxes, crop_stack, register_operator
+from diffrestore.operators.base import (
+    Box,
+    Operator,
+    SameShape,
+    SVDView,
+    check_boxes,
+    crop_stack,
+    read_array_file,
+    register_operator,
+)
 
 __all__ = [
     "Blur",
@@ -104,24 +113,12 @@ def anisotropic_gaussian(
 def load_kernel(path: str | os.PathLike[str]) -> Tensor:
     """A user kernel from ``.npy`` or an image file (grey levels), normalised to sum 1."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"kernel file {p} not found")
-    if p.suffix.lower() == ".npy":
-        try:
-            a = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read kernel {p}: {e}") from e
-    else:
-        from PIL import Image, UnidentifiedImageError
 
-        try:
-            with Image.open(p) as im:
-                a = np.asarray(
-                    im.convert("F") if im.mode in ("I;16", "I", "F") else im.convert("L"), dtype=np.float64
-                )
-        except (OSError, UnidentifiedImageError) as e:
-            raise UserError(f"cannot read kernel image {p}: {e}") from e
-    a = np.asarray(a, dtype=np.float64)
+    def from_image(im: Any) -> np.ndarray:
+        grey = im.convert("F") if im.mode in ("I;16", "I", "F") else im.convert("L")
+        return np.asarray(grey, dtype=np.float64)
+
+    a = np.asarray(read_array_file(p, "kernel", lambda a: a, from_image), dtype=np.float64)
     if a.ndim == 3:
         a = a.mean(axis=-1)
     if (a < 0).any():
@@ -143,7 +140,7 @@ def _dht(x: Tensor) -> Tensor:
     return f.real - f.imag
 
 
-class _Circular(Operator):
+class _Circular(SameShape, Operator):
     """Circular convolution machinery shared by ``Blur`` (whole image) and ``TileBlur`` (tiles)."""
 
     task = "deblur"
@@ -163,12 +160,6 @@ class _Circular(Operator):
             raise UserError(f"deblur threshold must be >= 0, got {threshold}")
         self.threshold = float(threshold)
         self.desc = desc
-
-    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
-        return tuple(int(s) for s in x_shape)
-
-    def x_shape_from_y(self, y_shape: Sequence[int]) -> tuple[int, ...]:
-        return tuple(int(s) for s in y_shape)
 
     def _spectrum(self, H: int, W: int, like: Tensor) -> tuple[Tensor, ...]:
         """(K_r, K⁺_r, P_r, |K| [1, H, W]) with ``_r`` = the rfft half-plane ``[H, W//2 + 1]``."""

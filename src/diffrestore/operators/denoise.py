@@ -12,13 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffrestore.operators.base import Operator, SVDView, register_operator
+from diffrestore.operators.base import IdentityBasis, Operator, SameShape, register_operator
 
 __all__ = ["Denoise", "Identity"]
 
 
 @register_operator
-class Identity(SVDView, Operator):
+class Identity(IdentityBasis, SameShape, Operator):
     """``A = Aᵀ = A⁺ = I``; SVD view with ``U = V = I`` and all singular values 1."""
 
     task = "identity"
@@ -34,26 +34,8 @@ class Identity(SVDView, Operator):
     def pinv(self, y: Tensor) -> Tensor:
         return y
 
-    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
-        return tuple(int(s) for s in x_shape)
-
-    def x_shape_from_y(self, y_shape: Sequence[int]) -> tuple[int, ...]:
-        return tuple(int(s) for s in y_shape)
-
     def singular_values(self, x_shape: Sequence[int] | None = None) -> Tensor:
         return torch.ones(1, 1, 1, dtype=torch.float64)
-
-    def Vt(self, x: Tensor) -> Tensor:
-        return x
-
-    def V(self, c: Tensor) -> Tensor:
-        return c
-
-    def Ut(self, y: Tensor) -> Tensor:
-        return y
-
-    def U(self, c: Tensor) -> Tensor:
-        return c
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         return {}, {}

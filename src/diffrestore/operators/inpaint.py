@@ -18,8 +18,9 @@ from torch import Tensor
 from diffrestore.errors import UserError
 from diffrestore.operators.base import (
     Box,
+    IdentityBasis,
     Operator,
-    SVDView,
+    SameShape,
     check_boxes,
     crop_stack,
     register_operator,
@@ -42,7 +43,7 @@ def as_mask(mask: Tensor | np.ndarray) -> Tensor:
 
 
 @register_operator
-class Inpaint(SVDView, Operator):
+class Inpaint(IdentityBasis, SameShape, Operator):
     """``A = Aᵀ = A⁺ = m ⊙ ·`` for a mask ``[1 or B, 1 or C, H, W]`` (True = known).
 
     SVD view: ``U = V = I``, singular values = the mask (``[Cm, H, W]``, or ``[B, Cm, H, W]`` for one
@@ -88,28 +89,10 @@ class Inpaint(SVDView, Operator):
     def pinv(self, y: Tensor) -> Tensor:
         return y * self._m(y)
 
-    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
-        return tuple(int(s) for s in x_shape)
-
-    def x_shape_from_y(self, y_shape: Sequence[int]) -> tuple[int, ...]:
-        return tuple(int(s) for s in y_shape)
-
-    # SVD view: identity bases, singular values = mask
+    # SVD view: identity bases (IdentityBasis), singular values = mask
     def singular_values(self, x_shape: Sequence[int] | None = None) -> Tensor:
         m = self.mask.to(torch.float64)
         return m[0] if m.shape[0] == 1 else m
-
-    def Vt(self, x: Tensor) -> Tensor:
-        return x
-
-    def V(self, c: Tensor) -> Tensor:
-        return c
-
-    def Ut(self, y: Tensor) -> Tensor:
-        return y
-
-    def U(self, c: Tensor) -> Tensor:
-        return c
 
     # tiling: the mask crops with the image
     def restrict(self, boxes: Sequence[Box], image_shape: Sequence[int] | None = None) -> Operator:

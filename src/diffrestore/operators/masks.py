@@ -8,13 +8,13 @@ seeded with ``seed`` on the CPU, so the same (size, parameters, seed) gives the 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from diffrestore.errors import UserError
+from diffrestore.operators.base import read_array_file
 
 __all__ = ["box_mask", "line_mask", "load_mask", "random_mask"]
 
@@ -93,24 +93,11 @@ def line_mask(H: int, W: int, n: int = 8, width: float = 5.0, seed: int = 0) -> 
 def load_mask(path: str | os.PathLike[str], invert: bool = False) -> Tensor:
     """A mask from an image (white = known, black = missing; ``invert`` for hole-is-white masks) or a
     ``.npy`` array (nonzero = known)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"mask file {p} not found")
-    if p.suffix.lower() == ".npy":
-        try:
-            a = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read mask {p}: {e}") from e
-        m = torch.from_numpy(np.asarray(a) != 0)
-    else:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(p) as im:
-                a = np.asarray(im.convert("L"))
-        except (OSError, UnidentifiedImageError) as e:
-            raise UserError(f"cannot read mask image {p}: {e}") from e
-        m = torch.from_numpy(a > 127)
+    known = read_array_file(
+        path, "mask", from_npy=lambda a: np.asarray(a) != 0,
+        from_image=lambda im: np.asarray(im.convert("L")) > 127,
+    )
+    m = torch.from_numpy(known)
     if m.dim() == 3 and m.shape[-1] in (3, 4):  # H, W, channels from an npy image
         m = m.all(dim=-1)
     while m.dim() < 4:

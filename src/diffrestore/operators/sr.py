@@ -16,7 +16,7 @@ reflection) and zeroes the others; its y is the LR crop with those rows/columns 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from diffrestore.operators.base import (
     _with_batch,
     check_boxes,
     crop_stack,
+    fit_multiple,
     register_operator,
     shape_chw,
 )
@@ -76,8 +77,24 @@ def dct_matrix(n: int) -> Tensor:
     return d
 
 
+class _Downscale:
+    """Mixin: y is x with height and width divided by the integer ``scale`` (``check_shape`` decides)."""
+
+    scale: int
+    check_shape: Callable[[Sequence[int]], None]  # the operator's own size rule
+
+    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
+        self.check_shape(x_shape)
+        c, h, w = shape_chw(x_shape)
+        return _with_batch(x_shape, (c, h // self.scale, w // self.scale))
+
+    def x_shape_from_y(self, y_shape: Sequence[int]) -> tuple[int, ...]:
+        c, h, w = shape_chw(y_shape)
+        return _with_batch(y_shape, (c, h * self.scale, w * self.scale))
+
+
 @register_operator
-class AvgPoolSR(SVDView, Operator):
+class AvgPoolSR(_Downscale, SVDView, Operator):
     """``A`` = mean over non-overlapping s×s blocks (per channel); ``A⁺`` = replicate; ``Aᵀ = A⁺/s²``.
 
     ``A A⁺ = I`` exactly, so ``A⁺`` is the Moore–Penrose inverse. SVD view: per block, the block-DCT
@@ -97,17 +114,7 @@ class AvgPoolSR(SVDView, Operator):
         _check_divisible("average-pooling SR", self.scale, x_shape)
 
     def fit_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
-        s = self.scale
-        return (*tuple(x_shape)[:-2], x_shape[-2] - x_shape[-2] % s, x_shape[-1] - x_shape[-1] % s)
-
-    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
-        self.check_shape(x_shape)
-        c, h, w = shape_chw(x_shape)
-        return _with_batch(x_shape, (c, h // self.scale, w // self.scale))
-
-    def x_shape_from_y(self, y_shape: Sequence[int]) -> tuple[int, ...]:
-        c, h, w = shape_chw(y_shape)
-        return _with_batch(y_shape, (c, h * self.scale, w * self.scale))
+        return fit_multiple(x_shape, self.scale)
 
     def _blocks(self, x: Tensor) -> Tensor:
         self.check_shape(x.shape)
@@ -206,7 +213,7 @@ def bicubic_matrix(length: int, scale: int) -> Tensor:
     return torch.zeros(n, length, dtype=torch.float64).scatter_add_(1, ji, w)
 
 
-class _Separable(SVDView, Operator):
+class _Separable(_Downscale, SVDView, Operator):
     """``y[b, c] = Ah[t] @ x[b, c] @ Aw[t]ᵀ`` with 1-D tables shared (t = 0) or one per tile (t = b).
 
     ``A⁺`` = ``Ah⁺ ⊗ Aw⁺`` from the 1-D SVDs with singular values ≤ ``threshold`` zeroed (exactly the
@@ -264,15 +271,6 @@ class _Separable(SVDView, Operator):
         f = self._factors(*self._hw_from_y(y), y)
         return self._lr(f[5], y, f[9])
 
-    def y_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
-        self.check_shape(x_shape)
-        c, h, w = shape_chw(x_shape)
-        return _with_batch(x_shape, (c, h // self.scale, w // self.scale))
-
-    def x_shape_from_y(self, y_shape: Sequence[int]) -> tuple[int, ...]:
-        c, h, w = shape_chw(y_shape)
-        return _with_batch(y_shape, (c, h * self.scale, w * self.scale))
-
     def singular_values(self, x_shape: Sequence[int] | None = None) -> Tensor:
         H, W = self._svd_hw(x_shape)
         self.check_shape((1, H, W))
@@ -325,8 +323,7 @@ class BicubicSR(_Separable):
         _check_divisible("bicubic SR", self.scale, x_shape)
 
     def fit_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
-        s = self.scale
-        return (*tuple(x_shape)[:-2], x_shape[-2] - x_shape[-2] % s, x_shape[-1] - x_shape[-1] % s)
+        return fit_multiple(x_shape, self.scale)
 
     def _tables(self, H: int, W: int) -> tuple[Tensor, Tensor]:
         return bicubic_matrix(H, self.scale)[None], bicubic_matrix(W, self.scale)[None]
