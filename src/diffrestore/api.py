@@ -223,7 +223,7 @@ def restore(
     config: str | Path | dict | None = None,
     models_dir: str | Path | None = None,
     steps: int | None = None,
-    eta: float = 0.85,
+    eta: float | None = None,
     sigma_y: float = 0.0,
     travel: tuple[int, int] = (1, 1),
     tile: int | None = None,
@@ -291,7 +291,9 @@ def restore(
     t0 = time.perf_counter()
     denoiser, spec = load_denoiser(model, config, models_dir, device, torch_dtype)
     P = _patch_size(spec, tile)
-    steps = int(steps or 50)
+    sampling = spec.diffusion or {}  # a model card may suggest its own sampling defaults
+    steps = int(steps or sampling.get("sampling_steps", 50))
+    eta = float(sampling.get("sampling_eta", 0.85) if eta is None else eta)
     if _cannot_tile(op, x_shape):
         op = WholeImage(op, (int(x_shape[-2]), int(x_shape[-1])))
     y = y.to(device)

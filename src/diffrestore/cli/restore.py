@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="registered model name or checkpoint path (default: embedded prior)")
     g.add_argument("--config", default=None, help="config JSON for a checkpoint path")
     g.add_argument("--models-dir", default=None, help="where named checkpoints live")
-    g.add_argument("--steps", type=int, default=None, help="sampling steps (default 50)")
-    g.add_argument("--eta", type=float, default=0.85)
+    g.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, else 50)")
+    g.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the model's, else 0.85)")
     g.add_argument("--travel", type=parse_travel, default=(1, 1), metavar="L,R",
                    help="time travel: length L, repeat R (default 1,1 = none)")
     g.add_argument("--sigma-y", type=float, default=0.0, help="noise std of the observation, in [0,1] units")
