@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from diffrestore.cli.main import main
+from diffrestore.diffusion.schedules import linear_betas
 from diffrestore.errors import UserError
 from diffrestore.io.checkpoints import load_into
 from diffrestore.nets import build_network
@@ -136,11 +137,10 @@ def test_train_resume_export(photo_dir: Path, tmp_path: Path) -> None:
         # Export: fp16 safetensors + prior.json that rebuild the network through the registry path.
         w, j = export_prior(run_b, tmp_path / "export")
         info = json.loads(j.read_text())
-        assert info["family"] == "adm_unet" and info["diffusion"] == {
-            "schedule": "linear",
-            "steps": 1000,
-            "learn_sigma": False,
-        }
+        assert info["family"] == "adm_unet"
+        d = info["diffusion"]
+        assert (d["schedule"], d["steps"], d["learn_sigma"], d["predict"]) == ("linear", 1000, False, "eps")
+        assert np.allclose(np.linspace(d["beta_start"], d["beta_end"], 1000), linear_betas(1000))
         assert info["patch_size"] == 16 and info["training"]["steps"] == 3
         with safe_open(str(w), framework="pt") as f:
             assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}

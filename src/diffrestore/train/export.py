@@ -46,11 +46,21 @@ def export_prior(
     w_path = save_state_dict(half, out / f"{name}.safetensors")
     size = w_path.stat().st_size
     cfg = dict(meta.get("config", {}))
+    steps = int(meta["diffusion"]["steps"])
     info = {
         "name": name,
         "family": "adm_unet",
         "config": config,
-        "diffusion": {"schedule": "linear", "steps": int(meta["diffusion"]["steps"]), "learn_sigma": False},
+        # The brief's three keys plus the registry's explicit ones (same schedule as linear_betas(1000)).
+        "diffusion": {
+            "schedule": "linear",
+            "steps": steps,
+            "learn_sigma": False,
+            "type": "ddpm",
+            "beta_start": 1e-4 * 1000 / steps,
+            "beta_end": 0.02 * 1000 / steps,
+            "predict": "eps",
+        },
         "patch_size": int(meta["patch_size"]),
         "range": [-1, 1],
         "dtype": "float16",
