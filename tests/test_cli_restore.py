@@ -319,3 +319,20 @@ def test_hierarchical(files: dict[str, Path], model_kw: dict[str, object]) -> No
     lr = read_image(files["lr"])
     sr = restore(lr, "sr", scale=2, hierarchical=True, hir_factor=2, **model_kw)  # type: ignore[arg-type]
     assert sr.x.shape == (1, 3, 80, 112) and sr.info["consistency_rms"] < 1e-5
+
+
+def test_warm_start_skips_the_noisiest_steps(files: dict[str, Path], model_kw: dict[str, object]) -> None:
+    """``start_t`` starts from A⁺y noised to t ≤ start: fewer network calls, still consistent with y."""
+    y = read_image(files["lr"])
+    kw = {**model_kw, "steps": 10}
+    full = restore(y, "sr", scale=2, **kw)  # type: ignore[arg-type]
+    warm = restore(y, "sr", scale=2, start_t=450, **kw)  # type: ignore[arg-type]
+    # 10 steps are 900, 800, ..., 0: a start at 450 keeps 400..0, i.e. 5 of 10 calls per tile batch
+    assert warm.info["network_calls"] * 2 == full.info["network_calls"]
+    assert warm.info["consistency_rms"] < 1e-5
+    assert not torch.equal(warm.x, full.x)
+    from diffrestore.diffusion.schedules import ddnm_transitions
+
+    assert [tr.t_from for tr in ddnm_transitions(10, start=50)] == [0]
+    with pytest.raises(UserError, match="warm start"):
+        ddnm_transitions(10, start=-5)

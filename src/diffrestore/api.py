@@ -226,6 +226,7 @@ def restore(
     eta: float | None = None,
     sigma_y: float = 0.0,
     travel: tuple[int, int] = (1, 1),
+    start_t: int | None = None,
     tile: int | None = None,
     overlap: int | None = None,
     hierarchical: bool = False,
@@ -294,6 +295,9 @@ def restore(
     sampling = spec.diffusion or {}  # a model card may suggest its own sampling defaults
     steps = int(steps or sampling.get("sampling_steps", 50))
     eta = float(sampling.get("sampling_eta", 0.85) if eta is None else eta)
+    if start_t is None:
+        start_t = sampling.get("sampling_start")
+    start_t = None if start_t is None or int(start_t) < 0 else int(start_t)
     if _cannot_tile(op, x_shape):
         op = WholeImage(op, (int(x_shape[-2]), int(x_shape[-1])))
     y = y.to(device)
@@ -315,7 +319,7 @@ def restore(
     # noise-free data: finish with one whole-image projection onto A x = y, which MSR alone cannot give
     # for operators wider than a pixel block (bicubic SR, blur); a no-op up to rounding for the others.
     x = restore_tiled(denoiser, op, y_model, method=method, seed=seed, steps=steps, eta=eta, sigma_y=sigma_y,
-                      travel=tuple(travel), tile=P, overlap=overlap, batch=int(batch),
+                      travel=tuple(travel), start_t=start_t, tile=P, overlap=overlap, batch=int(batch),
                       hierarchical=hierarchical, factor=int(hir_factor) if hir_factor is not None else 2,
                       compat=compat, final_projection=(sigma_y == 0 and compat == "paper"),
                       on_plan=_on_plan, progress=prog)

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the model's, else 0.85)")
     g.add_argument("--travel", type=parse_travel, default=(1, 1), metavar="L,R",
                    help="time travel: length L, repeat R (default 1,1 = none)")
+    g.add_argument("--start", dest="start_t", type=int, default=None, metavar="T",
+                   help="warm start: begin at timestep T from A+y noised to that level (not in the DDNM "
+                        "paper; default: the model's suggestion, -1 = from pure noise)")
     g.add_argument("--sigma-y", type=float, default=0.0, help="noise std of the observation, in [0,1] units")
     g.add_argument("--compat", choices=("paper", "official"), default="paper",
                    help="paper formulas (default) or the official code's behaviour")
@@ -85,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     res = restore(y, None if op is not None else args.task, op=op, method=args.method, model=args.model,
                   config=args.config,
                   models_dir=args.models_dir, steps=args.steps, eta=args.eta, sigma_y=args.sigma_y,
-                  travel=args.travel, tile=args.tile, overlap=args.overlap, hierarchical=args.hierarchical,
+                  travel=args.travel, start_t=args.start_t, tile=args.tile, overlap=args.overlap,
+                  hierarchical=args.hierarchical,
                   hir_factor=args.hir_factor, seed=args.seed, batch=args.batch, device=args.device,
                   dtype=args.dtype, compat=args.compat, progress=not args.quiet, on_plan=on_plan, **opts)
     if args.write_float:  # the float first: if the image write then fails, no PNG claims a finished run

@@ -15,6 +15,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
+from diffrestore.errors import UserError
+
 __all__ = [
     "Transition",
     "alphas_cumprod",
@@ -92,11 +94,13 @@ class Transition(NamedTuple):
 
 
 def ddnm_transitions(
-    T_sampling: int, travel_length: int = 1, travel_repeat: int = 1, num_train: int = 1000
+    T_sampling: int, travel_length: int = 1, travel_repeat: int = 1, num_train: int = 1000,
+    start: int | None = None,
 ) -> list[Transition]:
     """DDNM main sampler's plan in ORIGINAL timesteps: unit u -> u * (num_train // T), end = -1.
 
     For T = 20: 950, 900, …, 0, -1 (t = 999 is never visited). Travel transitions go upwards.
+    ``start`` (a warm start): keep only the transitions at or below timestep ``start``.
     """
     skip = num_train // T_sampling
     units = jump_schedule(T_sampling, travel_length, travel_repeat)
@@ -104,6 +108,10 @@ def ddnm_transitions(
     for i, j in zip(units[:-1], units[1:]):
         t_from, t_to = i * skip, (j * skip if j >= 0 else -1)
         out.append(Transition(t_from, t_to, "denoise" if j < i else "travel"))
+    if start is not None:
+        out = [tr for tr in out if max(tr.t_from, tr.t_to) <= start]
+        if not out:
+            raise UserError(f"warm start at t={start} leaves no sampling step (steps are {skip} apart)")
     return out
 
 

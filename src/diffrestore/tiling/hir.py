@@ -222,6 +222,7 @@ def ddnm_hir(
     eta: float = 0.85,
     sigma_y: float = 0.0,
     travel: tuple[int, int] = (1, 1),
+    start_t: int | None = None,
     tile: int = 256,
     overlap: int | None = None,
     batch: int = 1,
@@ -235,7 +236,8 @@ def ddnm_hir(
         raise UserError("hierarchical restoration has no official reference code: use compat 'paper'")
 
     def make(sigma: float) -> DDNMSolver:
-        return DDNMSolver(denoiser, noise=noise, steps=steps, eta=eta, sigma_y=sigma, travel=travel)
+        return DDNMSolver(denoiser, noise=noise, steps=steps, eta=eta, sigma_y=sigma, travel=travel,
+                          start_t=start_t)
 
     return hir(make, op, y, sigma_y=sigma_y, factor=factor, tile=tile, overlap=overlap, batch=batch,
                on_plan=on_plan, progress=progress, trace=trace)

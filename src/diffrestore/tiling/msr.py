@@ -60,7 +60,8 @@ class DDNMSolver:
     ) -> None:
         self.denoiser, self.noise = denoiser, noise
         self.kwargs = dict(steps=steps, eta=eta, sigma_y=sigma_y, travel=tuple(travel), **ddnm_kwargs)
-        plan = ddnm_transitions(steps, travel[0], travel[1], denoiser.num_timesteps)
+        plan = ddnm_transitions(steps, travel[0], travel[1], denoiser.num_timesteps,
+                                start=ddnm_kwargs.get("start_t"))
         self.calls_per_tile = sum(1 for tr in plan if tr.kind == "denoise")
 
     def __call__(
@@ -224,6 +225,7 @@ def ddnm_msr(
     eta: float = 0.85,
     sigma_y: float = 0.0,
     travel: tuple[int, int] = (1, 1),
+    start_t: int | None = None,
     tile: int = 256,
     overlap: int | None = None,
     batch: int = 1,
@@ -250,7 +252,8 @@ def ddnm_msr(
                    progress=progress, phase="msr (official)")
     if compat != "paper":
         raise UserError(f"unknown compat {compat!r}: use 'paper' or 'official'")
-    solver = DDNMSolver(denoiser, noise=noise, steps=steps, eta=eta, sigma_y=sigma_y, travel=travel)
+    solver = DDNMSolver(denoiser, noise=noise, steps=steps, eta=eta, sigma_y=sigma_y, travel=travel,
+                        start_t=start_t)
     return msr(solver, op, y, tile=tile, overlap=overlap, batch=batch, order=order, on_plan=on_plan,
                progress=progress, phase="msr")
 

@@ -34,6 +34,7 @@ def restore_tiled(
     eta: float = 0.85,
     sigma_y: float = 0.0,
     travel: tuple[int, int] = (1, 1),
+    start_t: int | None = None,
     tile: int = 256,
     overlap: int | None = None,
     batch: int = 1,
@@ -69,6 +70,7 @@ def restore_tiled(
         raise UserError(f"--batch must be >= 1, got {batch}")
     noise = SeededNoise(seed) if noise is None else noise
     common: dict[str, Any] = dict(noise=noise, steps=steps, eta=eta, sigma_y=sigma_y, travel=tuple(travel),
+                                  start_t=start_t,
                                   tile=tile, overlap=overlap, batch=batch, on_plan=on_plan, progress=progress)
     with torch.no_grad():
         if hierarchical:
