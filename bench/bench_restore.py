@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from diffrestore.api import load_denoiser, restore, set_tile_alignment
+from diffrestore.api import load_denoiser, restore
 from diffrestore.cli.degrade import degrade
 from diffrestore.diffusion.noise import SeededNoise
 from diffrestore.io.images import read_image
@@ -69,11 +69,10 @@ def independent_tiles(op: Any, y: torch.Tensor,
                       args: argparse.Namespace) -> tuple[torch.Tensor, dict[str, Any]]:
     """The baseline: the DDNM tile solver on a non-overlapping grid, no MSR constraint; x in [0, 1]."""
     denoiser, _ = load_denoiser(args.model, args.config, device=args.device)
-    op = set_tile_alignment(op)
     x_shape = (1, *op.x_shape)
     y_model = 2 * y - op.A(torch.ones(x_shape))
     solver = IndependentTiles(DDNMSolver(denoiser, noise=SeededNoise(args.seed), steps=args.steps,
-                                         eta=args.eta, sigma_y=args.sigma_y))
+                                         eta=args.eta, sigma_y=args.sigma_y, start_t=args.start_t))
     plans: list[PlanSummary] = []
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -88,6 +87,7 @@ def run_msr(op: Any, y: torch.Tensor, args: argparse.Namespace,
     """``diffrestore.restore`` (MSR, or HiR + MSR); seconds exclude the model load."""
     plans: list[PlanSummary] = []
     res = restore(y, op=op, model=args.model, config=args.config, steps=args.steps, eta=args.eta,
+                  start_t=args.start_t if args.start_t is not None else -1,
                   sigma_y=args.sigma_y, tile=args.tile, overlap=args.overlap, batch=args.batch,
                   seed=args.seed, device=args.device, hierarchical=hierarchical, on_plan=plans.append)
     info = res.info
@@ -182,8 +182,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=None)
     p.add_argument("--tile", type=int, default=None, help="patch size (default: the model's)")
     p.add_argument("--overlap", type=int, default=None, help="MSR overlap (default tile/2)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--eta", type=float, default=0.85)
+    p.add_argument("--steps", type=int, default=None, help="default: the model card's, else 50")
+    p.add_argument("--eta", type=float, default=None, help="default: the model card's, else 0.85")
+    p.add_argument("--start", dest="start_t", type=int, default=None,
+                   help="warm start timestep (default: the model card's; -1 = pure noise)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -196,11 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    _, spec = load_denoiser(args.model, args.config, device=args.device)
     if args.tile is None:  # the model's native patch size, as `restore` uses
-        _, spec = load_denoiser(args.model, args.config, device=args.device)
         args.tile = spec.image_size or (spec.config or {}).get("image_size")
         if not args.tile:
             raise SystemExit(f"model {spec.name} has no native patch size: pass --tile")
+    sampling = spec.diffusion or {}  # the same defaults `restore` takes from the model card
+    args.steps = args.steps or sampling.get("sampling_steps", 50)
+    args.eta = sampling.get("sampling_eta", 0.85) if args.eta is None else args.eta
+    if args.start_t is None:
+        args.start_t = sampling.get("sampling_start")
+    if args.start_t is not None and args.start_t < 0:
+        args.start_t = None
     paths = args.image or sorted(args.data.glob("*.png"))
     if not args.image and args.limit >= 0:
         paths = paths[: args.limit]
