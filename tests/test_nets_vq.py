@@ -94,8 +94,9 @@ _MEM_SCRIPT = textwrap.dedent(
     def rss_now():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-    def peak():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def peak():  # VmHWM: this process image's own peak (ru_maxrss inherits the forking parent's)
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
     from diffrestore.nets.vq import AttnBlock
     out = {}
     # the mid-block attention alone at 128x128 = 16384 tokens (a T x T float32 matrix would be 1 GiB;
