@@ -95,34 +95,6 @@ def run_msr(op: Any, y: torch.Tensor, args: argparse.Namespace,
                    "boxes": [tuple(b) for b in plans[-1].plan.boxes]}
 
 
-def grid_seam_score(img: torch.Tensor, boxes: Sequence[Sequence[int]], step: int = 1) -> float:
-    """``seam_score`` with the reference jumps taken only across lines of the ``step``-pixel grid.
-
-    Why: SR ×s tiles start on the LR grid, so every tile edge is also an LR-pixel boundary, where an
-    output that is mostly ``A⁺y`` (replicated LR pixels) jumps more than inside an LR pixel whatever the
-    tiling. Comparing tile edges with the *other* LR-grid lines isolates the tiling's own seams; ``step=1``
-    is exactly ``seam_score``.
-    """
-    from diffrestore.metrics import seams_from_boxes
-
-    x = img.detach().double().cpu()[0]
-    _, h, w = x.shape
-    xs, ys = seams_from_boxes(boxes, h, w)
-    num = den = 0.0
-    for d, n, seams in ((x.diff(dim=2).abs(), w, xs), (x.diff(dim=1).abs(), h, ys)):
-        if not seams:
-            continue
-        pairs = d.movedim(2 if d.shape[2] == w - 1 else 1, 0)  # [n - 1, ...]: pair k joins k and k + 1
-        grid = [k - 1 for k in range(step, n, step)]
-        on = [s - 1 for s in seams]
-        off = [k for k in grid if k + 1 not in seams]
-        if not off:
-            return math.nan
-        num += float(pairs[on].sum())
-        den += len(on) * pairs[0].numel() * float(pairs[off].mean())
-    return num / den if den else math.nan
-
-
 def score(name: str, x01: torch.Tensor, gt: torch.Tensor, op: Any, y: torch.Tensor, run: dict[str, Any],
           border: int, grid: int) -> dict[str, Any]:
     """One table row: time, calls, PSNR/SSIM (RGB, Y), consistency, seam score (and the GT's)."""
@@ -138,7 +110,7 @@ def score(name: str, x01: torch.Tensor, gt: torch.Tensor, op: Any, y: torch.Tens
         "consistency": consistency(op, x01, y),
         "seam": seam_score(img, boxes=run["boxes"]),
         "seam_gt": seam_score(gt, boxes=run["boxes"]),
-        "seam_grid": grid_seam_score(img, run["boxes"], grid),
+        "seam_grid": seam_score(img, boxes=run["boxes"], grid=grid),
     }
 
 

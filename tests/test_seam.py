@@ -85,3 +85,16 @@ def test_orientation_matched_reference_and_edge_cases() -> None:
         seam_score(np.zeros((10, 10)), xs=[10])
     t = torch.from_numpy(_smooth()).permute(2, 0, 1)[None] / 255
     assert seam_score(t, xs=[64]) == pytest.approx(seam_score(_smooth(), xs=[64]), rel=1e-12)
+
+
+def test_grid_reference_ignores_lattice_blockiness() -> None:
+    """An upsampled-looking image (jumps at every 4th line) with tile edges on that lattice: seam score
+    against all pairs reads a seam, against the 4-pixel lattice it reads none; a real step still shows."""
+    rng = np.random.default_rng(0)
+    blocks = np.kron(rng.random((16, 16, 3)), np.ones((4, 4, 1)))  # HWC 64x64, LR-block structure
+    boxes = [(0, 0, 64, 32), (0, 32, 64, 32)]  # one seam at x = 32, a multiple of 4
+    assert seam_score(blocks, boxes=boxes) > 2.0
+    assert abs(seam_score(blocks, boxes=boxes, grid=4) - 1.0) < 0.3
+    stepped = blocks * 0.5  # stay inside [0, 1]
+    stepped[:, 32:, :] += 0.5
+    assert seam_score(stepped, boxes=boxes, grid=4) > 1.5

@@ -369,7 +369,10 @@ def _report(op: Any, x01: torch.Tensor, y: torch.Tensor, plans: list[Any], spec:
     info["seam_score"] = None
     if plans:  # seams can only appear where a tile's new pixels meet an earlier tile's: its edges
         boxes = [tuple(b) for b in plans[-1].plan.boxes]
-        score = float(seam_score(x01.clamp(0, 1), boxes=boxes))
+        from diffrestore.tiling.msr import operator_align
+
+        # against the operator's own lattice (SR: the LR pixel grid every tile edge lies on)
+        score = float(seam_score(x01.clamp(0, 1), boxes=boxes, grid=operator_align(op)))
         info["seam_score"] = None if np.isnan(score) else score
     info["network_calls"] = sum(p["network_calls"] for p in info["phases"])
     return info

@@ -83,8 +83,13 @@ def seam_score(
     xs: Iterable[int] = (),
     ys: Iterable[int] = (),
     boxes: Iterable[Sequence[int]] | None = None,
+    grid: int = 1,
 ) -> float:
     """Seam ratio of one image (see module docstring); ``nan`` when there are no seams to score.
+
+    ``grid``: compare the seams only with the other lines of a ``grid``-pixel lattice (e.g. the LR pixel
+    grid of SR ×s, which every tile edge lies on: there an output that still shows LR blocks jumps more
+    than inside an LR pixel, whatever the tiling). ``grid=1`` compares with every other pixel pair.
 
     ``xs``/``ys``: seam positions (a seam at ``s`` lies between pixels ``s-1`` and ``s``); or ``boxes``:
     tile boxes ``(top, left, height, width)`` from which the seams are derived (merged with ``xs``/``ys``).
@@ -104,15 +109,18 @@ def seam_score(
     dh = np.abs(np.diff(chw, axis=2))  # [C, H, W-1]
     dv = np.abs(np.diff(chw, axis=1))  # [C, H-1, W]
     seam_sum = dh[:, :, mx].sum() + dv[:, my, :].sum()
+    # reference pairs: off-seam pairs on the lattice (pair k joins pixels k and k+1; a line at k+1)
+    rx = ~mx & (np.arange(1, w) % max(1, grid) == 0)
+    ry = ~my & (np.arange(1, h) % max(1, grid) == 0)
     expected = 0.0
     if n_sx:
-        rest = dh[:, :, ~mx]
-        # With no off-seam pair of this orientation, fall back to the other orientation's interior.
-        ref = rest.mean() if rest.size else dv[:, ~my, :].mean()
+        rest = dh[:, :, rx]
+        # With no off-seam pair of this orientation, fall back to the other orientation's lines.
+        ref = rest.mean() if rest.size else dv[:, ry, :].mean()
         expected += n_sx * ref
     if n_sy:
-        rest = dv[:, ~my, :]
-        ref = rest.mean() if rest.size else dh[:, :, ~mx].mean()
+        rest = dv[:, ry, :]
+        ref = rest.mean() if rest.size else dh[:, :, rx].mean()
         expected += n_sy * ref
     if expected == 0.0:
         return 1.0 if seam_sum == 0.0 else math.inf
