@@ -292,6 +292,8 @@ def restore(
     t0 = time.perf_counter()
     denoiser, spec = load_denoiser(model, config, models_dir, device, torch_dtype)
     P = _patch_size(spec, tile)
+    if tile is None and _wide_footprint(op):
+        P = _whole_image_tile(P, x_shape)
     sampling = spec.diffusion or {}  # a model card may suggest its own sampling defaults
     steps = int(steps or sampling.get("sampling_steps", 50))
     eta = float(sampling.get("sampling_eta", 0.85) if eta is None else eta)
@@ -328,6 +330,30 @@ def restore(
     inner = op.inner if isinstance(op, WholeImage) else op
     info = _report(inner, x01, y, plans, spec, seconds, t_load, steps, P, seed)
     return RestoreResult(image=x01.clamp(0, 1), x=x01, op=inner, y=y, info=info)
+
+
+#: Largest image (pixels) restored as ONE tile when the operator's footprint is wider than a pixel block.
+WHOLE_IMAGE_PIXELS = 512 * 512
+
+
+def _wide_footprint(op: Any) -> bool:
+    """Bicubic SR and blur couple pixels across tile edges: their tile operators leave the LR rows / blurred
+    pixels that straddle an edge unobserved, and pinning finished pixels there leaves visible lines (measured:
+    26.4 dB tiled vs 34.7 dB whole-image on a 128² SR ×4 crop). Until the tiler handles such halos, these
+    operators are restored as one tile where memory allows."""
+    from diffrestore.operators.deblur import Blur
+    from diffrestore.operators.sr import BicubicSR
+
+    parts = getattr(op, "ops", None) or [getattr(op, "inner", op)]
+    return any(isinstance(o, (BicubicSR, Blur)) for o in parts)
+
+
+def _whole_image_tile(P: int, x_shape: Sequence[int]) -> int:
+    """One tile covering the image (a multiple of 8, the UNets' downsampling), if it fits the budget."""
+    h, w = int(x_shape[-2]), int(x_shape[-1])
+    if max(h, w) <= P or h * w > WHOLE_IMAGE_PIXELS:
+        return P
+    return -(-max(h, w) // 8) * 8
 
 
 def _cannot_tile(op: Any, x_shape: Sequence[int]) -> bool:

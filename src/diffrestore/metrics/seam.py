@@ -78,6 +78,11 @@ def _seam_mask(n: int, seams: Iterable[int]) -> np.ndarray:
     return mask
 
 
+def _mean(a: np.ndarray) -> float:
+    """Mean, ``nan`` (no reference pairs: no score) instead of numpy's empty-slice warning."""
+    return float(a.mean()) if a.size else math.nan
+
+
 def seam_score(
     img: np.ndarray | torch.Tensor,
     xs: Iterable[int] = (),
@@ -116,11 +121,11 @@ def seam_score(
     if n_sx:
         rest = dh[:, :, rx]
         # With no off-seam pair of this orientation, fall back to the other orientation's lines.
-        ref = rest.mean() if rest.size else dv[:, ry, :].mean()
+        ref = rest.mean() if rest.size else _mean(dv[:, ry, :])
         expected += n_sx * ref
     if n_sy:
         rest = dv[:, ry, :]
-        ref = rest.mean() if rest.size else dh[:, :, rx].mean()
+        ref = rest.mean() if rest.size else _mean(dh[:, :, rx])
         expected += n_sy * ref
     if expected == 0.0:
         return 1.0 if seam_sum == 0.0 else math.inf
