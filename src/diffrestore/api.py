@@ -297,7 +297,9 @@ def restore(
     sampling = spec.diffusion or {}  # a model card may suggest its own sampling defaults
     steps = int(steps or sampling.get("sampling_steps", 50))
     eta = float(sampling.get("sampling_eta", 0.85) if eta is None else eta)
-    if start_t is None:
+    if start_t is None and _pinv_keeps_constants(op, x_shape):
+        # the model's warm start only where A⁺y is already a photo-like image (SR, denoising, colourisation,
+        # deblurring); for inpainting / CS, A⁺y has zeros in the holes, so start from pure noise
         start_t = sampling.get("sampling_start")
     start_t = None if start_t is None or int(start_t) < 0 else int(start_t)
     if _cannot_tile(op, x_shape):
@@ -334,6 +336,12 @@ def restore(
 
 #: Largest image (pixels) restored as ONE tile when the operator's footprint is wider than a pixel block.
 WHOLE_IMAGE_PIXELS = 512 * 512
+
+
+def _pinv_keeps_constants(op: Any, x_shape: Sequence[int]) -> bool:
+    """``A⁺A 1 = 1``: the operator observes a flat image everywhere (no holes, no missing coefficients)."""
+    ones = torch.ones(tuple(int(v) for v in x_shape))
+    return bool(torch.allclose(op.pinv(op.A(ones)), ones, atol=1e-3))
 
 
 def _wide_footprint(op: Any) -> bool:
