@@ -28,7 +28,7 @@ import torch
 
 from diffrestore.errors import UserError
 
-__all__ = ["METHODS", "RestoreResult", "betas_for", "load_denoiser", "read_observation", "restore"]
+__all__ = ["METHODS", "RestoreResult", "load_denoiser", "read_observation", "restore"]
 
 METHODS = ("ddnm",)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,23 +49,6 @@ class RestoreResult:
     op: Any
     y: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def betas_for(diffusion: dict[str, Any] | None) -> np.ndarray:
-    """The β schedule a registry/config ``diffusion`` entry describes (linear 1000 steps by default)."""
-    from diffrestore.diffusion.schedules import cosine_betas, linear_betas
-
-    d = diffusion or {}
-    steps = int(d.get("steps", 1000))
-    schedule = d.get("schedule", "linear")
-    if schedule == "linear":
-        start, end = d.get("beta_start"), d.get("beta_end")
-        if start is None or end is None:
-            return linear_betas(steps)
-        return np.linspace(float(start), float(end), steps, dtype=np.float64)
-    if schedule == "cosine":
-        return cosine_betas(steps)
-    raise UserError(f"unsupported noise schedule {schedule!r} in the model config (linear or cosine)")
 
 
 def load_denoiser(model: str | Path | None = None, config: str | Path | dict | None = None,
@@ -97,6 +80,7 @@ def _cached_denoiser(key: tuple) -> tuple[Any, Any]:
 def _load_denoiser(model: str | Path | None, config: str | Path | dict | None, models_dir: str | Path | None,
                    device: str, dtype: torch.dtype) -> tuple[Any, Any]:
     from diffrestore.diffusion.denoiser import Denoiser
+    from diffrestore.diffusion.schedules import betas_for
     from diffrestore.io.registry import DEFAULT_NAME, load_model
 
     net, spec = load_model(str(model) if model is not None else DEFAULT_NAME, config, models_dir,

@@ -10,7 +10,7 @@ Two respacing rules exist and they differ (refs README, deviation 7): DDNM's mai
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +45,21 @@ def cosine_betas(T: int, max_beta: float = 0.999) -> np.ndarray:
         return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
 
     return np.array([min(1 - abar((i + 1) / T) / abar(i / T), max_beta) for i in range(T)], dtype=np.float64)
+
+
+def betas_for(diffusion: dict[str, Any] | None) -> np.ndarray:
+    """The β schedule a registry/config ``diffusion`` entry describes (linear 1000 steps by default)."""
+    d = diffusion or {}
+    steps = int(d.get("steps", 1000))
+    schedule = d.get("schedule", "linear")
+    if schedule == "linear":
+        start, end = d.get("beta_start"), d.get("beta_end")
+        if start is None or end is None:
+            return linear_betas(steps)
+        return np.linspace(float(start), float(end), steps, dtype=np.float64)
+    if schedule == "cosine":
+        return cosine_betas(steps)
+    raise UserError(f"unsupported noise schedule {schedule!r} in the model config (linear or cosine)")
 
 
 def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
