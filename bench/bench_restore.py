@@ -28,7 +28,6 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +37,10 @@ from diffrestore.api import load_denoiser, restore
 from diffrestore.cli.degrade import degrade
 from diffrestore.diffusion.noise import SeededNoise
 from diffrestore.io.images import read_image
+from diffrestore.methods.ddnm import DDNMSolver
 from diffrestore.metrics import consistency, psnr, psnr_y, seam_score, ssim, ssim_y
-from diffrestore.tiling.msr import DDNMSolver, msr
-from diffrestore.tiling.runner import Hook, PlanSummary
+from diffrestore.tiling.msr import msr
+from diffrestore.tiling.runner import PlanSummary, TileContext
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "eval" / "CBSD68"
@@ -59,10 +59,9 @@ class IndependentTiles:
         self.inner = inner
         self.calls_per_tile = inner.calls_per_tile
 
-    def __call__(self, op: Any, y: torch.Tensor, *, shape: tuple[int, int, int, int], constrain_x0: Hook,
-                 pre_correct: Hook | None, streams: Sequence[Any]) -> torch.Tensor:
-        return self.inner(op, y, shape=shape, constrain_x0=lambda x0, step: x0, pre_correct=pre_correct,
-                          streams=streams)
+    def __call__(self, ctx: TileContext) -> torch.Tensor:
+        ctx.known = torch.zeros_like(ctx.known)  # forget the finished pixels: no MSR constraint
+        return self.inner(ctx)
 
 
 def independent_tiles(op: Any, y: torch.Tensor,
@@ -72,11 +71,12 @@ def independent_tiles(op: Any, y: torch.Tensor,
     x_shape = (1, *op.x_shape)
     y_model = 2 * y - op.A(torch.ones(x_shape))
     solver = IndependentTiles(DDNMSolver(denoiser, noise=SeededNoise(args.seed), steps=args.steps,
-                                         eta=args.eta, sigma_y=args.sigma_y, start_t=args.start_t))
+                                         eta=args.eta, start_t=args.start_t))
     plans: list[PlanSummary] = []
     t0 = time.perf_counter()
     with torch.no_grad():
-        x = msr(solver, op, y_model, tile=args.tile, overlap=0, batch=args.batch, on_plan=plans.append)
+        x = msr(solver, op, y_model, sigma=2 * args.sigma_y, tile=args.tile, overlap=0, batch=args.batch,
+                on_plan=plans.append)
     seconds = time.perf_counter() - t0
     return (x + 1) / 2, {"seconds": seconds, "network_calls": plans[0].network_calls,
                          "boxes": [tuple(b) for b in plans[0].plan.boxes]}

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from needs import require
 
 from diffrestore.diffusion.denoiser import Denoiser
 from diffrestore.diffusion.schedules import linear_betas
@@ -18,9 +19,7 @@ REFS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "refs"
 @pytest.fixture(scope="session")
 def refs_dir() -> Path:
     """The official reference vectors (``shared/refs`` beside the repository); skip when absent."""
-    if not REFS_DIR.is_dir():
-        pytest.skip(f"reference vectors not found at {REFS_DIR}")
-    return REFS_DIR
+    return require(REFS_DIR, "reference vectors")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from needs import require
 from PIL import Image
 
 import diffrestore
@@ -56,8 +57,7 @@ def model_kw(refs_dir: Path) -> dict[str, object]:
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Non-square crops of a real photo: ground truth 80x112 (HxW), its ×2 average-pooled LR 40x56, a
     40x56 crop, its grey version, a 20x28 crop (smaller than one tile) and a 40x56 hole mask."""
-    if not PHOTO.is_file():
-        pytest.skip(f"evaluation photos not found at {EVAL_DIR}")
+    require(PHOTO, "evaluation photo")
     d = tmp_path_factory.mktemp("photos")
     im = Image.open(PHOTO).convert("RGB")
     gt = im.crop((200, 120, 312, 200))  # 112x80

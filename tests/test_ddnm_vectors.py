@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from diffrestore.diffusion.denoiser import Denoiser
 from diffrestore.diffusion.noise import Replay, SeededNoise
+from diffrestore.diffusion.trace import tracer
 from diffrestore.methods.ddnm import ddnm
 from diffrestore.methods.ddnm_official_ops import (
     OfficialColorization,
@@ -54,7 +55,8 @@ def _load(refs_dir: Path, case: str):
         y = y.reshape(1, 3, c["size"][0] // f, c["size"][1] // f)  # channel-major flattening
         assert torch.allclose(data["in.kernel"], official_bicubic_kernel(op.factor), atol=1e-7)
         assert (op.A(data["in.x_gt"]) - y).abs().max() < 1e-5
-    kw = dict(steps=c["T_sampling"], eta=c["eta"], sigma_y=c["sigma_y_arg"],
+    # the official sampler takes sigma_y in [0, 1] units and doubles it; ddnm takes model units
+    kw = dict(steps=c["T_sampling"], eta=c["eta"], sigma=2 * c["sigma_y_arg"],
               travel=(c["travel_length"], c["travel_repeat"]), svd=svd)
     return c, data, op, y, noise, kw
 
@@ -64,7 +66,7 @@ def test_official_vectors(refs_dir, denoiser, case):
     c, data, op, y, noise, kw = _load(refs_dir, case)
     trace: dict = {}
     with torch.no_grad():
-        out = ddnm(denoiser, op, y, noise=noise, compat="official", trace=trace, **kw)
+        out = ddnm(denoiser, op, y, noise=noise, compat="official", callback=tracer(trace), **kw)
     assert noise.remaining == 0  # every recorded draw consumed, incl. the final step's unused one
     atol = c["atol"]
     high_t = {s["k"] for s in c["steps"] if s["kind"] == "denoise" and s["t_from"] >= 800}
@@ -143,7 +145,7 @@ def test_hooks_see_every_denoise_step(refs_dir, denoiser):
     trace: dict = {}
     with torch.no_grad():
         out = ddnm(denoiser, op, y, noise=SeededNoise(1), constrain_x0=constrain, pre_correct=before,
-                   trace=trace, **kw)
+                   callback=tracer(trace), **kw)
     denoise = [s["k"] for s in trace["steps"] if s["kind"] == "denoise"]
     assert seen == pre == denoise and len(seen) == 38
     assert out.abs().max() == 0  # the last x0hat (constrained to 0) is the output
@@ -154,7 +156,7 @@ def test_svd_rule_reduces_to_scalar_rule_for_unit_singular_values(refs_dir, deno
     _, data, _, _, _, kw = _load(refs_dir, "inpaint_travel")
     op = Identity()
     y = data["in.x_gt"] + 0.2 * SeededNoise(9).draw(data["in.x_gt"].shape)
-    kw = {**kw, "steps": 8, "travel": (1, 1), "sigma_y": 0.1}
+    kw = {**kw, "steps": 8, "travel": (1, 1), "sigma": 0.2}
     kw.pop("svd")
     with torch.no_grad():
         a = ddnm(denoiser, op, y, noise=SeededNoise(2), svd=False, **kw)
@@ -168,7 +170,7 @@ def test_svd_rule_with_a_real_svd_view(refs_dir, denoiser):
     kw = {**kw, "svd": True}
     trace: dict = {}
     with torch.no_grad():
-        out = ddnm(denoiser, op, y, noise=SeededNoise(4), trace=trace, **kw)
+        out = ddnm(denoiser, op, y, noise=SeededNoise(4), callback=tracer(trace), **kw)
     lam = [s["lambda_min"] for s in trace["steps"]]
     assert torch.isfinite(out).all() and lam[0] == 1 and lam[-1] == 0
     assert all(a >= b for a, b in zip(lam, lam[1:]))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from needs import require
 from PIL import Image
 
 from diffrestore.cli.main import main
@@ -27,7 +28,7 @@ SET5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "Set5"
 if not SET5.is_dir():
     SET5 = Path("/work/shared/data/eval/Set5")
 REFS = SET5.parents[2] / "refs"
-pytestmark = pytest.mark.skipif(not SET5.is_dir(), reason="shared eval photos not available")
+require(SET5, "shared eval photos (Set5)")
 
 
 @pytest.fixture(scope="module")
@@ -192,10 +193,8 @@ def test_builtin_protocols_load(tmp_path: Path) -> None:
 
 def test_ddnm_small_model(tiny: Path, tmp_path: Path) -> None:
     """DDNM through diffrestore.api with the small stand-in network and 3 steps (not a quality test)."""
-    pytest.importorskip("diffrestore.api")
     model, config = REFS / "adm_small.safetensors", REFS / "adm_small.json"
-    if not model.exists():
-        pytest.skip("refs stand-in model not available")
+    require(model, "refs stand-in model")
     out = tmp_path / "rep"
     rc = main(["eval", "--data", str(tiny), "--task", "sr", "--scale", "4", "--methods", "ddnm,pinv",
                "--model", str(model), "--config", str(config), "--steps", "3", "--limit", "1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiled_ddnm import ddnm_hir
 
 from diffrestore.diffusion.denoiser import Denoiser
 from diffrestore.diffusion.noise import SeededNoise
@@ -13,7 +14,6 @@ from diffrestore.operators.colorize import Colorize
 from diffrestore.operators.denoise import Identity
 from diffrestore.operators.inpaint import Inpaint
 from diffrestore.operators.sr import AvgPoolSR
-from diffrestore.tiling.hir import ddnm_hir, lowres_problem
 
 KW = dict(steps=5, eta=0.85, tile=32)
 
@@ -32,21 +32,21 @@ def _hole_mask(h: int, w: int) -> torch.Tensor:
 
 def test_lowres_problems() -> None:
     y = torch.randn(1, 3, 8, 12)
-    p = lowres_problem(AvgPoolSR(4), y, 2)
+    p = AvgPoolSR(4).lowres(y, 2)
     assert isinstance(p.op, AvgPoolSR) and p.op.scale == 2 and p.y is y and p.sigma_scale == 1.0
-    p = lowres_problem(AvgPoolSR(2), y, 2)
+    p = AvgPoolSR(2).lowres(y, 2)
     assert isinstance(p.op, Identity) and p.identity
-    p = lowres_problem(AvgPoolSR(2), y, 4)  # f multiple of s: x_low = pool(y), noise std halves
+    p = AvgPoolSR(2).lowres(y, 4)  # f multiple of s: x_low = pool(y), noise std halves
     assert p.identity and p.y.shape == (1, 3, 4, 6) and p.sigma_scale == 0.5
     m = torch.ones(1, 1, 8, 12, dtype=torch.bool)
     m[0, 0, 0, 0] = False
-    p = lowres_problem(Inpaint(m), y, 2)
+    p = Inpaint(m).lowres(y, 2)
     assert not p.op.mask[0, 0, 0, 0] and p.op.mask.sum() == 4 * 6 - 1  # known iff all f² pixels known
     torch.testing.assert_close(p.y[..., 1:, 1:], F.avg_pool2d(y, 2)[..., 1:, 1:])
-    p = lowres_problem(Colorize(), y[:, :1], 2)
+    p = Colorize().lowres(y[:, :1], 2)
     assert isinstance(p.op, Colorize) and p.y.shape == (1, 1, 4, 6) and p.sigma_scale == 0.5
     with pytest.raises(UserError):
-        lowres_problem(AvgPoolSR(3), y, 2)
+        AvgPoolSR(3).lowres(y, 2)
 
 
 def test_hir_inpainting_consistent_and_keeps_low_frequencies(denoiser: Denoiser) -> None:

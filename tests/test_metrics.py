@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from needs import require
 from scipy.ndimage import correlate
 
 from diffrestore.metrics import (
@@ -38,8 +39,7 @@ def _load_set(name: str) -> list[np.ndarray]:
     from PIL import Image
 
     d = EVAL_DIR / name
-    if not d.is_dir():
-        pytest.skip(f"eval set not found at {d}")
+    require(d, "eval set")
     return [np.asarray(Image.open(p).convert("RGB")) for p in sorted(d.glob("*.png"))]
 
 

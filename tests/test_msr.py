@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiled_ddnm import ddnm_msr
 
 from diffrestore.diffusion.denoiser import Denoiser
 from diffrestore.diffusion.noise import Replay, SeededNoise
+from diffrestore.methods.ddnm import DDNMSolver
 from diffrestore.operators.colorize import Colorize
 from diffrestore.operators.inpaint import Inpaint
 from diffrestore.operators.sr import AvgPoolSR
-from diffrestore.tiling.msr import DDNMSolver, ddnm_msr, msr
+from diffrestore.tiling.msr import msr
 from diffrestore.tiling.plan import make_plan
 from diffrestore.tiling.runner import pad_tile, plan_summary, tile_batches
 
@@ -90,7 +92,7 @@ def test_sr_consistency_and_plan_count(denoiser: Denoiser) -> None:
     (summary,) = plans
     assert all(s % 2 == 0 for s in summary.plan.rows + summary.plan.cols)  # aligned to the scale
     assert summary.calls_per_tile == 5 + 1 * 2 * math.ceil((5 - 2) / 2)  # N + (R-1)·L·⌈(N-L)/L⌉
-    assert reports[-1].calls_done == summary.network_calls == reports[-1].calls_total
+    assert reports[-1].done == summary.network_calls == reports[-1].total and reports[-1].unit == "call"
     assert reports[-1].tiles_done == summary.plan.n_tiles and reports[-1].eta_s == 0
     assert all(r.eta_s is not None for r in reports)  # wave 0 is one batch: ETA from then on
 

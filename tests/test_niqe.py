@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from needs import require
 
 from diffrestore.metrics import imresize, niqe
 from diffrestore.metrics.niqe import _aggd_fit, _gamma_grid, load_pristine_params
@@ -24,8 +25,7 @@ MATLAB_BABOON = 5.72957338
 def baboon() -> np.ndarray:
     from PIL import Image
 
-    if not BABOON.is_file():
-        pytest.skip(f"{BABOON} not found")
+    require(BABOON, "Set14 baboon")
     return np.asarray(Image.open(BABOON).convert("RGB"))
 
 

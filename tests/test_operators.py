@@ -218,7 +218,7 @@ def test_restrict_matches_whole_image(name: str) -> None:
     _close(opr.A(xt), yt, 1e-11)
     # algebra of the tile operator (the tile blur's A⁺ is a regularised iterative solve: approximate)
     if isinstance(opr, TileBlur) or any(isinstance(o, TileBlur) for o in getattr(opr, "ops", [])):
-        assert float((opr.A(opr.pinv(yt)) - yt).norm()) <= 0.05 * float(yt.norm())
+        assert float((opr.A(opr.pinv(yt)) - yt).norm()) <= 0.012 * float(yt.norm())  # measured <= 0.0086
     else:
         _close(opr.A(opr.pinv(yt)), yt, 1e-9)
     z = _rand(yt.shape, 12)
@@ -351,7 +351,7 @@ def test_tile_blur_consistency_close_to_whole_image() -> None:
     assert isinstance(t, TileBlur)
     yt, x0t = op.restrict_y(y, boxes), _tiles(x0, boxes)
     tile = float((t.A(t.project(x0t, yt)) - yt).norm() / yt.norm())
-    assert tile <= 3 * whole + 1e-3
+    assert tile <= 1.6 * whole  # measured 1.51x (seeded)
     _close(torch.cat([t.pinv(yt[i : i + 1]) for i in range(3)]), t.pinv(yt), 1e-12)
 
 

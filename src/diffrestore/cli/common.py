@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 import torch
 
 from diffrestore.errors import UserError
+from diffrestore.methods.options import add_arguments
 
 
 def parse_travel(text: str) -> tuple[int, int]:
@@ -19,6 +21,50 @@ def parse_travel(text: str) -> tuple[int, int]:
     if length < 1 or repeat < 1:
         raise argparse.ArgumentTypeError("--travel L,R must be positive")
     return length, repeat
+
+
+def add_method_options(p: argparse.ArgumentParser, methods: bool = True, skip: tuple[str, ...] = ()) -> None:
+    """``--method``, ``--sigma-y`` and every registered method's options, generated from their declarations.
+
+    Shared groups (model, sampling, tiling, run) appear once; each method's own options get a group
+    named after the methods that take them. Flags default to "not given", so each method's declared
+    defaults apply and an option of another method is reported as not applicable.
+    """
+    from diffrestore.methods.base import METHODS, all_option_fields, option_groups_of_all
+
+    if methods:
+        p.add_argument("--method", default="ddnm", choices=sorted(METHODS),
+                       help="restoration method (default ddnm)")
+        p.add_argument("--sigma-y", type=_finite_nonneg, default=0.0,
+                       help="noise std of the observation, in [0,1] units (every method)")
+    owners = all_option_fields()
+    done: set[str] = set(skip)
+    for g in option_groups_of_all():
+        own = [c.name for c in METHODS.values() if g in c.option_groups()]
+        title = (g.__doc__ or g.__name__).strip().splitlines()[0].rstrip(".")
+        if len(own) < len(METHODS):
+            title = f"{', '.join(own)}: {title}"
+        done.update(add_arguments(p, [g], title=title, skip=done,
+                                  owners={k: v for k, v in owners.items() if len(v) < len(METHODS)}))
+
+
+def method_options(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The method options the user gave on the command line (declared defaults apply to the rest)."""
+    from diffrestore.methods.base import option_groups_of_all
+    from diffrestore.methods.options import fields_of, parse_value
+
+    fields = fields_of(option_groups_of_all())
+    return {k: parse_value(k, fields[k][1], v) for k, v in vars(args).items() if k in fields and k not in skip}
+
+
+def _finite_nonneg(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
 
 
 def add_task_options(p: argparse.ArgumentParser, required: bool = True) -> None:

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from diffrestore.cli.common import add_task_options, parse_travel, task_options
+from diffrestore.cli.common import add_method_options, add_task_options, method_options, task_options
 from diffrestore.errors import UserError
 
 
@@ -59,8 +59,8 @@ def register(subparsers: Any) -> None:
                    "(--protocol list prints the built-in ones)")
     p.add_argument("--data", metavar="DIR", help="folder of ground-truth images")
     p.add_argument("--methods", metavar="LIST",
-                   help="comma-separated: ddnm, bicubic, pinv, biharmonic, cbm3d (shred, adir, resshift: "
-                   "not implemented yet) [ddnm,bicubic,pinv]")
+                   help="comma-separated registered methods and baselines (`diffrestore eval --help` "
+                   "lists the method options) [ddnm,bicubic,pinv]")
     p.add_argument("--out", metavar="REPORT_DIR", help="report folder (required)")
     add_task_options(p, required=False)  # the same task flags as restore / degrade
     g = p.add_argument_group("observation")
@@ -81,18 +81,8 @@ def register(subparsers: Any) -> None:
                    help="list not-yet-implemented methods in the report instead of exiting")
     r.add_argument("--grids", type=int, help="image grids for the first N images [8]")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    d = p.add_argument_group("diffusion methods (ddnm)")
-    d.add_argument("--model", help="registry name or checkpoint path [default]")
-    d.add_argument("--config", metavar="JSON", help="model config JSON for a checkpoint path")
-    d.add_argument("--models-dir", metavar="DIR", help="where named checkpoints live")
-    d.add_argument("--steps", type=_positive_int, help="sampling steps [50]")
-    d.add_argument("--eta", type=float, help="DDIM eta [0.85]")
-    d.add_argument("--travel", metavar="L,R", type=parse_travel, help="time-travel length and repeat [1,1]")
-    d.add_argument("--tile", type=_positive_int, help="tile size [the model's patch size]")
-    d.add_argument("--overlap", type=int, help="tile overlap in pixels")
-    d.add_argument("--hierarchical", action="store_true", default=None, help="Hierarchical Restoration")
-    d.add_argument("--batch", type=_positive_int, help="tiles per network call [8]")
-    d.add_argument("--compat", choices=["paper", "official"], help="paper formulas or official behaviour")
+    # every option of every registered method, from its declarations (seed/device: the eval's own)
+    add_method_options(p, methods=False, skip=("seed", "device"))
     p.set_defaults(func=_cmd_eval)
 
 
@@ -140,14 +130,26 @@ def build_protocol(args: argparse.Namespace) -> Any:
             base[flag] = v
     if args.seed:
         base["seeds"] = list(args.seed)
-    ddnm = dict(base.get("method_options", {}).get("ddnm", {}))
-    for flag in ("model", "config", "models_dir", "steps", "eta", "travel", "tile", "overlap", "hierarchical",
-                 "batch", "compat"):
-        v = getattr(args, flag)
-        if v is not None:
-            ddnm[flag] = v
-    if ddnm:
-        base.setdefault("method_options", {})["ddnm"] = ddnm
+    given = method_options(args, skip=("seed", "device"))  # eval's own seed and device
+    if given and not base.get("methods"):
+        from diffrestore.eval.protocol import Protocol
+
+        base["methods"] = Protocol.__dataclass_fields__["methods"].default_factory()  # type: ignore[misc]
+    if given:  # a flag applies to every listed method that declares it
+        from diffrestore.methods.base import all_option_fields
+
+        owners = all_option_fields()
+        listed = [m for m in base.get("methods", []) if any(m in o for o in owners.values())]
+        if not listed:
+            raise UserError(f"option(s) {', '.join(sorted(given))} apply to none of the methods "
+                            f"{', '.join(base.get('methods', []))}")
+        mo = base.setdefault("method_options", {})
+        for k, v in given.items():
+            users = [m for m in listed if m in owners[k]]
+            if not users:
+                raise UserError(f"option {k} applies to none of the methods {', '.join(listed)}")
+            for m in users:
+                mo.setdefault(m, {})[k] = v
     if not args.protocol and base["task"] in ("sr", "oldphoto"):
         scale = op.get("scale", 4 if base["task"] == "sr" else 2)
         kern = op.get("kernel", "avgpool")

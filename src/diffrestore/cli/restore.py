@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from diffrestore.cli.common import add_task_options, parse_travel, task_options
+from diffrestore.cli.common import add_method_options, add_task_options, method_options, task_options
 from diffrestore.errors import UserError
 
 
@@ -21,33 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path, help="the observation: LR image, masked photo, grey photo, ...")
     p.add_argument("output", type=Path, help="where to write the restored image (.png/.jpg/.tif)")
     add_task_options(p)
-    g = p.add_argument_group("method")
-    g.add_argument("--method", default="ddnm", help="restoration method (default ddnm)")
-    g.add_argument("--model", default=None,
-                   help="registered model name or checkpoint path (default: embedded prior)")
-    g.add_argument("--config", default=None, help="config JSON for a checkpoint path")
-    g.add_argument("--models-dir", default=None, help="where named checkpoints live")
-    g.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, else 50)")
-    g.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the model's, else 0.85)")
-    g.add_argument("--travel", type=parse_travel, default=(1, 1), metavar="L,R",
-                   help="time travel: length L, repeat R (default 1,1 = none)")
-    g.add_argument("--start", dest="start_t", type=int, default=None, metavar="T",
-                   help="warm start: begin at timestep T from A+y noised to that level (not in the DDNM "
-                        "paper; default: the model's suggestion, -1 = from pure noise)")
-    g.add_argument("--sigma-y", type=float, default=0.0, help="noise std of the observation, in [0,1] units")
-    g.add_argument("--compat", choices=("paper", "official"), default="paper",
-                   help="paper formulas (default) or the official code's behaviour")
-    t = p.add_argument_group("tiling")
-    t.add_argument("--tile", type=int, default=None, help="patch size (default: the model's native size)")
-    t.add_argument("--overlap", type=int, default=None, help="tile overlap (default tile/2)")
-    t.add_argument("--hierarchical", action="store_true", help="Hierarchical Restoration (global coherence)")
-    t.add_argument("--hir-factor", type=int, default=None,
-                   help="--hierarchical: phase-1 reduction factor (default 2)")
-    t.add_argument("--batch", type=int, default=8, help="tiles per network call")
-    r = p.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="cpu")
-    r.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    add_method_options(p)
+    r = p.add_argument_group("output")
     r.add_argument("--float", dest="write_float", action="store_true",
                    help="also write the unclamped float result as OUT.npy")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -85,15 +60,16 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         print(f"plan: {summary.describe()}", file=sys.stderr)
 
-    res = restore(y, None if op is not None else args.task, op=op, method=args.method, model=args.model,
-                  config=args.config,
-                  models_dir=args.models_dir, steps=args.steps, eta=args.eta, sigma_y=args.sigma_y,
-                  travel=args.travel, start_t=args.start_t, tile=args.tile, overlap=args.overlap,
-                  hierarchical=args.hierarchical,
-                  hir_factor=args.hir_factor, seed=args.seed, batch=args.batch, device=args.device,
-                  dtype=args.dtype, compat=args.compat, progress=not args.quiet, on_plan=on_plan, **opts)
+    res = restore(y, None if op is not None else args.task, op=op, method=args.method, sigma_y=args.sigma_y,
+                  progress=not args.quiet, on_plan=on_plan, **method_options(args), **opts)
     if args.write_float:  # the float first: if the image write then fails, no PNG claims a finished run
         write_float(float_path, res.x)
+    kernel = res.info.pop("kernel", None)
+    if kernel is not None:  # blind deblurring: the estimated kernel beside the image (PNG to view, .npy exact)
+        from diffrestore.methods.shred_kernel import save_kernel
+
+        png, npy = save_kernel(kernel, args.output.with_name(args.output.stem + ".kernel"))
+        print(f"estimated kernel: {png} and {npy}", file=sys.stderr)
     write_image(args.output, res.image)
     info = res.info
     H, W = res.image.shape[-2:]

@@ -198,40 +198,45 @@ def _run_cbm3d(p: Problem, opts: dict[str, Any]) -> MethodOutput:
     return MethodOutput(_from_hwc(out))
 
 
-#: Options of ``diffrestore.api.restore`` that a protocol / CLI may set for DDNM.
-DDNM_OPTIONS = frozenset({"model", "config", "models_dir", "steps", "eta", "travel", "tile", "overlap",
-                          "hierarchical", "batch", "dtype", "compat"})
+def _method_runner(name: str) -> Callable[[Problem, dict[str, Any]], MethodOutput]:
+    """The harness's adapter for a registered method: the same entry point as ``diffrestore restore``."""
 
-
-def _run_ddnm(p: Problem, opts: dict[str, Any]) -> MethodOutput:
-    """DDNM (+ MSR / HiR for any size) through the same entry point as ``diffrestore restore``."""
-    try:
+    def run(p: Problem, opts: dict[str, Any]) -> MethodOutput:
         from diffrestore.api import restore
-    except ImportError as e:
-        raise UserError(f"ddnm needs diffrestore.api, which this build lacks ({e})") from None
-    kw = dict(opts)
-    if "travel" in kw and isinstance(kw["travel"], str):
-        kw["travel"] = tuple(int(v) for v in kw["travel"].split(","))
-    res = restore(p.y, op=p.op, method="ddnm", sigma_y=p.sigma_y, seed=p.seed, device=p.device, **kw)
-    info = dict(res.info)
-    return MethodOutput(res.x.detach().float().cpu(), info)
+
+        res = restore(p.y, op=p.op, method=name, sigma_y=p.sigma_y,
+                      **{"seed": p.seed, "device": p.device, **opts})
+        return MethodOutput(res.x.detach().float().cpu(), dict(res.info))
+
+    return run
 
 
-def _check_ddnm(opts: dict[str, Any]) -> dict[str, Any]:
-    """Options known, API present, model resolvable: fail in a second, not after the first image."""
-    unknown = sorted(set(opts) - DDNM_OPTIONS)
-    if unknown:
-        known = ", ".join(sorted(DDNM_OPTIONS))
-        raise UserError(f"unknown ddnm option(s) {', '.join(unknown)}; known: {known}")
-    try:
-        import diffrestore.api  # noqa: F401
-    except ImportError as e:
-        raise UserError(f"ddnm needs diffrestore.api, which this build lacks ({e})") from None
-    from diffrestore.io.registry import DEFAULT_NAME, resolve
+def _method_checker(name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Options valid for the method (its declarations), model resolvable: fail before the first image."""
 
-    spec = resolve(str(opts.get("model") or DEFAULT_NAME), opts.get("config"), opts.get("models_dir"))
-    return {"model": spec.name, "family": spec.family, "file": None if spec.path is None else str(spec.path),
-            "image_size": spec.image_size}
+    def check(opts: dict[str, Any]) -> dict[str, Any]:
+        from diffrestore.methods.base import get_method
+
+        meth = get_method(name).configure(opts)
+        model = getattr(meth, "model", None)
+        if model is None or not hasattr(model, "model"):
+            return {}
+        from diffrestore.io.registry import DEFAULT_NAME, resolve
+
+        default = getattr(meth, "default_model", DEFAULT_NAME)
+        spec = resolve(str(model.model or default), model.config, model.models_dir)
+        return {"model": spec.name, "family": spec.family,
+                "file": None if spec.path is None else str(spec.path), "image_size": spec.image_size}
+
+    return check
+
+
+def _registered() -> list[MethodSpec]:
+    from diffrestore.methods.base import METHODS, get_method
+
+    get_method("ddnm")  # imports the built-in methods
+    return [MethodSpec(name, cls.label or name, cls.description, _method_runner(name), uses_model=True,
+                       precheck=_method_checker(name)) for name, cls in METHODS.items()]
 
 
 def _not_yet(name: str, label: str, what: str) -> MethodSpec:
@@ -246,10 +251,9 @@ for _spec in (
                _run_biharmonic, _is_inpaint),
     MethodSpec("cbm3d", "CBM3D", "bm3d package, colour BM3D with the true sigma (denoise only)", _run_cbm3d,
                _is_noisy_denoise),
-    MethodSpec("ddnm", "DDNM", "DDNM / DDNM+ with Mask-Shift tiling via diffrestore.api.restore", _run_ddnm,
-               uses_model=True, precheck=_check_ddnm),
     _not_yet("shred", "SHRED", "SHRED, zero-shot restoration by DDIM latent optimisation; planned"),
     _not_yet("adir", "ADIR", "ADIR, adaptive diffusion for image reconstruction; planned"),
     _not_yet("resshift", "ResShift", "ResShift x4 SR (its Swin-UNet + VQ autoencoder); planned"),
+    *_registered(),
 ):
     register_method(_spec)

@@ -21,7 +21,6 @@ import csv
 import hashlib
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -352,71 +351,66 @@ def run_eval(
     say = log or (lambda s: None)
     run = EvalRun(out=out, rows=[], unavailable=unavailable)
     items: list[dict[str, Any]] = []
-    from tqdm import tqdm
+    from diffrestore.progress import Ticker, tqdm_bar
 
     total = len(images) * len(protocol.seeds) * len(methods)
-    bar = tqdm(total=total, desc="eval", unit="run", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
-    try:
-        for path in images:
-            for seed in protocol.seeds:
-                key = _stem_key(path, seed)
-                bar.set_postfix_str(f"{path.name} degrade")
-                prob = prepare_problem(protocol, path, seed, device)
-                inp = out / "inputs"
-                inp.mkdir(exist_ok=True)
-                _write_once(inp / f"{key}.gt.png", prob.gt)
-                y_file = None
-                if _is_image(prob.y):
-                    y_file = inp / f"{key}.y.png"
-                    _write_once(y_file, prob.y)
-                with torch.no_grad():
-                    _write_once(inp / f"{key}.pinv.png", prob.op.pinv(prob.y).float())
-                op_json = inp / f"{key}.operator.json"
-                if not op_json.exists():
-                    prob.op.save_params(inp / key)
-                item: dict[str, Any] = {
-                    "image": path.name, "seed": seed, "key": key, "image_seed": prob.seed,
-                    "gt": str(inp / f"{key}.gt.png"), "y": None if y_file is None else str(y_file),
-                    "y_shape": list(prob.y.shape), "pinv": str(inp / f"{key}.pinv.png"),
-                    "operator": prob.op.params(), "outputs": {},
-                }
-                for name in methods:
-                    spec = get_method(name)
-                    out_png = out / "images" / name / f"{key}.png"
-                    if (path.name, seed, name) in done:
-                        run.skipped_done += 1
-                        item["outputs"][name] = str(out_png)
-                        bar.update(1)
-                        continue
-                    why = spec.applies(prob)
-                    if why:
-                        if (name, why) not in run.not_applicable:
-                            run.not_applicable.append((name, why))
-                            say(f"{name}: {why}; skipped")
-                        bar.update(1)
-                        continue
-                    bar.set_postfix_str(f"{path.name} {name}")
-                    row = _run_one(spec, prob, protocol, lpips, device, measure, say)
-                    row.update(image=path.name, seed=seed, method=name)
-                    if row["status"] == "ok":
-                        out_png.parent.mkdir(parents=True, exist_ok=True)
-                        from diffrestore.io.images import write_image
+    listener = progress if callable(progress) else (tqdm_bar() if progress else None)
+    ticker = Ticker(listener, "eval", total, unit="run")
+    for path in images:
+        for seed in protocol.seeds:
+            key = _stem_key(path, seed)
+            prob = prepare_problem(protocol, path, seed, device)
+            inp = out / "inputs"
+            inp.mkdir(exist_ok=True)
+            _write_once(inp / f"{key}.gt.png", prob.gt)
+            y_file = None
+            if _is_image(prob.y):
+                y_file = inp / f"{key}.y.png"
+                _write_once(y_file, prob.y)
+            with torch.no_grad():
+                _write_once(inp / f"{key}.pinv.png", prob.op.pinv(prob.y).float())
+            op_json = inp / f"{key}.operator.json"
+            if not op_json.exists():
+                prob.op.save_params(inp / key)
+            item: dict[str, Any] = {
+                "image": path.name, "seed": seed, "key": key, "image_seed": prob.seed,
+                "gt": str(inp / f"{key}.gt.png"), "y": None if y_file is None else str(y_file),
+                "y_shape": list(prob.y.shape), "pinv": str(inp / f"{key}.pinv.png"),
+                "operator": prob.op.params(), "outputs": {},
+            }
+            for name in methods:
+                spec = get_method(name)
+                out_png = out / "images" / name / f"{key}.png"
+                if (path.name, seed, name) in done:
+                    run.skipped_done += 1
+                    item["outputs"][name] = str(out_png)
+                    ticker.tick(1, image=path.name, method=name)
+                    continue
+                why = spec.applies(prob)
+                if why:
+                    if (name, why) not in run.not_applicable:
+                        run.not_applicable.append((name, why))
+                        say(f"{name}: {why}; skipped")
+                    ticker.tick(1, image=path.name, method=name)
+                    continue
+                row = _run_one(spec, prob, protocol, lpips, device, measure, say)
+                row.update(image=path.name, seed=seed, method=name)
+                if row["status"] == "ok":
+                    out_png.parent.mkdir(parents=True, exist_ok=True)
+                    from diffrestore.io.images import write_image
 
-                        write_image(out_png, row.pop("_image").clamp(0, 1))
-                        item["outputs"][name] = str(out_png)
-                        run.computed += 1
-                        if spec.uses_model:
-                            model_info.setdefault(name, {}).setdefault("first_run", row.pop("_info", {}))
-                    else:
-                        run.failed += 1
-                    row.pop("_image", None)
-                    row.pop("_info", None)
-                    writer.append(row)
-                    bar.update(1)
-                items.append(item)
-    finally:
-        bar.close()
+                    write_image(out_png, row.pop("_image").clamp(0, 1))
+                    item["outputs"][name] = str(out_png)
+                    run.computed += 1
+                    if spec.uses_model:
+                        model_info.setdefault(name, {}).setdefault("first_run", row.pop("_info", {}))
+                else:
+                    run.failed += 1
+                row.pop("_image", None)
+                row.pop("_info", None)
+                writer.append(row)
+                ticker.tick(1, image=path.name, method=name)
+            items.append(item)
     run.rows = read_results(csv_path)
     from diffrestore.eval.report import write_report
 

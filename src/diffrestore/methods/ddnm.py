@@ -7,13 +7,14 @@ sampler (``wyhuai/DDNM`` ``simplified_ddnm_plus`` / ``svd_based_ddnm_plus``) dra
 * plan: DDNM's respacing (t = unit * (1000 // steps), 950…0 for 20 steps) with RePaint time travel
   ``travel = (L, R)``; the network gets original float timesteps; learned sigma is dropped; no clipping.
 * ``eta`` is seed 000's variance-preserving blend: ``sqrt(1-ab)(eta z + sqrt(1-eta^2) eps)``.
-* ``sigma_y`` is the noise std of y in [0, 1] file units (what a user measures); the model works in
-  [-1, 1], so 2 sigma_y is used internally (the official "to account for [-1, 1]" doubling).
+* ``sigma`` is the noise std of y in MODEL units ([-1, 1]; the observation boundary,
+  ``methods.base.Observation``, converts a user's [0, 1] σ_y once: ``sigma = 2 σ_y``, which is also the
+  official "to account for [-1, 1]" doubling).
 * Noise: x_T (if not given) then one draw per transition, each from ``noise`` — per batch element
   from ``streams[b]`` when given (tiles keep their numbers whatever the batching), else one ``[B, …]``
   draw. Official mode also draws at the last step (coefficient 0), paper mode skips unused draws.
 
-Paper mode, per denoise step t -> n (ab = abar_n, sig = sqrt(1-ab), c = sqrt(ab), s_y = 2 sigma_y):
+Paper mode, per denoise step t -> n (ab = abar_n, sig = sqrt(1-ab), c = sqrt(ab), s_y = sigma):
   scalar rule (``svd`` off): lam = min(1, sig/(c s_y)), gam = sqrt(sig^2 - (lam c s_y)^2);
   x0hat = x0 - lam A^+(A x0 - y); x_n = c x0hat + gam (eta z + sqrt(1-eta^2) eps).
   SVD rule (``svd`` on, needs the operator's SVD view): per singular value s_i, l_i = min(1, sig s_i/(c s_y)),
@@ -27,6 +28,7 @@ Paper mode, per denoise step t -> n (ab = abar_n, sig = sqrt(1-ab), c = sqrt(ab)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -36,8 +38,12 @@ from diffrestore.diffusion.noise import NoiseSource, Stream, draw_batch
 from diffrestore.diffusion.samplers import ddnm_official_step, ddnm_scalars, forward_jump, renoise
 from diffrestore.diffusion.schedules import ddnm_transitions
 from diffrestore.errors import UserError
+from diffrestore.methods.base import Method, Observation, Prior, register
+from diffrestore.methods.options import ModelOptions, RunOptions, SamplingOptions, TilingOptions, option
+from diffrestore.progress import StepCallback
+from diffrestore.tiling.runner import TileContext
 
-__all__ = ["ddnm"]
+__all__ = ["DDNM", "DDNMOptions", "DDNMSolver", "ddnm"]
 
 Hook = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -97,7 +103,7 @@ def ddnm(
     *,
     steps: int = 100,
     eta: float = 0.85,
-    sigma_y: float = 0.0,
+    sigma: float = 0.0,
     travel: tuple[int, int] = (1, 1),
     noise: NoiseSource,
     x_T: torch.Tensor | None = None,
@@ -108,17 +114,17 @@ def ddnm(
     travel_from: Literal["x", "x0"] | None = None,
     start_t: int | None = None,
     streams: Sequence[Stream] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    trace: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Restore a batch ``[B, C, H, W]`` (model range [-1, 1]) from ``y = A x (+ noise)``; returns x0.
 
     ``op`` provides ``A``, ``pinv`` (and ``singular_values``/``Vt``/``V`` for the SVD rule); ``y`` is
     batch-first. Hooks get ``(x0, k)`` with k the transition index: ``pre_correct`` before the
     range-space correction (e.g. HiR's low-frequency constraint), ``constrain_x0`` after it (MSR's
-    mask shift). ``svd="auto"`` uses the SVD rule when sigma_y > 0 and the operator has an SVD view.
-    ``trace`` (a dict) receives ``xT``, ``x0.KKK``, ``x0hat.KKK``, ``xt.KKK`` and ``steps`` (per-step
-    sigma/lambda/gamma), named like the refs' ``trace.*`` tensors.
+    mask shift). ``svd="auto"`` uses the SVD rule when sigma > 0 and the operator has an SVD view.
+    ``callback(k, n, x=, x0=, x0hat=, info=)`` is called once with ``k = -1`` (``x`` = x_T) and after every
+    transition (``x0``/``x0hat`` on denoise steps; ``info``: per-step sigma/lambda/gamma);
+    ``diffusion.trace.tracer`` records it under the refs' ``trace.*`` names.
     ``start_t`` (warm start, not in the DDNM paper; SDEdit/CCDF-style): the chain starts at the first
     step at or below ``start_t`` from ``A⁺y`` noised to that level, ``x_T`` being the noise; fewer network
     calls and, for a weak prior, better fidelity. hq_demo's Mask-Shift sampler is ``methods.ddnm_hq``.
@@ -130,7 +136,7 @@ def ddnm(
     if x_T is None:
         x_T = draw_batch(noise, tuple(op.pinv(y).shape), streams, device=y.device)
     official = compat == "official"
-    s_y = 2.0 * float(sigma_y)
+    s_y = float(sigma)
     use_svd = (s_y > 0 and _has_svd(op)) if svd == "auto" else bool(svd)
     if use_svd and s_y > 0 and not _has_svd(op):
         raise UserError("svd=True needs an operator with an SVD view (singular_values, Vt, V)")
@@ -146,9 +152,8 @@ def ddnm(
     def draw() -> torch.Tensor:
         return draw_batch(noise, tuple(x.shape), streams, dtype=dt, device=dev)
 
-    if trace is not None:
-        trace["xT"] = x.detach().clone()
-        trace.setdefault("steps", [])
+    if callback is not None:
+        callback(-1, len(plan), x=x)
     x0_last: torch.Tensor | None = None
     for k, (t_from, t_to, kind) in enumerate(plan):
         ab = denoiser.abar(t_to, like=x)
@@ -193,13 +198,97 @@ def ddnm(
                 else:
                     z = draw() if eta > 0 else torch.zeros_like(x)
                     x = ab.sqrt() * x0hat + gam * (eta * z + (1 - eta**2) ** 0.5 * eps)
-            if trace is not None:
-                trace[f"x0.{k:03d}"] = x0.detach().clone()
-                trace[f"x0hat.{k:03d}"] = x0hat.detach().clone()
-        if trace is not None:
-            trace[f"xt.{k:03d}"] = x.detach().clone()
-            trace["steps"].append(info)
-        if progress is not None:
-            progress(k + 1, len(plan))
+            if callback is not None:
+                callback(k, len(plan), x=x, x0=x0, x0hat=x0hat, info=info)
+                continue
+        if callback is not None:
+            callback(k, len(plan), x=x, info=info)
     return x
 
+
+
+# ---------------------------------------------------------------------- the method (contract)
+@dataclass
+class DDNMOptions:
+    """DDNM's own options (steps come from the shared ``SamplingOptions``)."""
+
+    eta: float | None = option(None, "DDIM eta (default: the model card's, else 0.85)", minimum=0, maximum=1)
+    travel: tuple[int, int] = option((1, 1), "time travel: length L, repeat R (1,1 = none)", metavar="L,R",
+                                     minimum=1)
+    start_t: int | None = option(
+        None, "warm start: begin at timestep T from A+y noised to that level (not in the DDNM paper; "
+        "default: the model card's where A+y observes a flat image, -1 = from pure noise)",
+        flag="--start", metavar="T")
+
+
+class DDNMSolver:
+    """``TileSolver`` running :func:`ddnm` (paper formulas) on a batch of tiles.
+
+    Fresh ``N(0, I)`` per tile from the tile's own stream, the MSR constraint by projection
+    (``ctx.pin`` after the y correction), HiR's low-frequency correction before it.
+    """
+
+    sequential = False
+
+    def __init__(self, denoiser: Denoiser, *, noise: NoiseSource, steps: int = 100, eta: float = 0.85,
+                 travel: tuple[int, int] = (1, 1), start_t: int | None = None, **ddnm_kwargs: Any) -> None:
+        self.denoiser, self.noise = denoiser, noise
+        self.kwargs = dict(steps=steps, eta=eta, travel=tuple(travel), start_t=start_t, **ddnm_kwargs)
+        plan = ddnm_transitions(steps, travel[0], travel[1], denoiser.num_timesteps, start=start_t)
+        self.calls_per_tile = sum(1 for tr in plan if tr.kind == "denoise")
+
+    def __call__(self, ctx: TileContext) -> torch.Tensor:
+        x_T = draw_batch(self.noise, ctx.shape, ctx.streams, device=ctx.y.device)
+        return ddnm(self.denoiser, ctx.op, ctx.y, sigma=ctx.sigma, noise=self.noise, x_T=x_T,
+                    constrain_x0=ctx.pin, pre_correct=ctx.low, streams=ctx.streams, **self.kwargs)
+
+    def report(self) -> dict[str, Any]:
+        return {"steps": self.kwargs["steps"], "eta": self.kwargs["eta"]}
+
+
+@register
+class DDNM(Method):
+    """DDNM / DDNM+ with Mask-Shift tiling (and HiR on request): the zero-shot headline method."""
+
+    name = "ddnm"
+    label = "DDNM"
+    description = "DDNM / DDNM+ (range-null-space) with Mask-Shift and Hierarchical Restoration"
+    groups = (ModelOptions, SamplingOptions, TilingOptions, RunOptions)
+    Options = DDNMOptions
+
+    def load(self) -> Prior:
+        from diffrestore.methods.prior import load_prior
+
+        m = self.model
+        return load_prior(m.model, m.config, m.models_dir, self.device, self.dtype)
+
+    def sampling(self, prior: Prior, obs: Observation) -> dict[str, Any]:
+        """Steps / eta / warm start: the user's, else the model card's, else 50 / 0.85 / none."""
+        o: DDNMOptions = self.group(DDNMOptions)
+        card = prior.defaults
+        steps = int(self.group(SamplingOptions).steps or card.get("sampling_steps", 50))
+        eta = float(card.get("sampling_eta", 0.85) if o.eta is None else o.eta)
+        start_t = o.start_t
+        if start_t is None and _pinv_keeps_constants(obs.op, obs.x_shape):
+            # the card's warm start only where A⁺y is already a photo-like image (SR, denoising,
+            # colourisation, deblurring); for inpainting / CS A⁺y has zeros in the holes
+            start_t = card.get("sampling_start")
+        start_t = None if start_t is None or int(start_t) < 0 else int(start_t)
+        return {"steps": steps, "eta": eta, "travel": tuple(o.travel), "start_t": start_t}
+
+    def solver(self, prior: Prior, obs: Observation) -> DDNMSolver:
+        from diffrestore.diffusion.noise import SeededNoise
+
+        return DDNMSolver(prior.denoiser, noise=SeededNoise(self.seed()), **self.sampling(prior, obs))
+
+    def final_projection(self, obs: Observation) -> bool:
+        # noise-free data: a whole-image projection onto A x = y, which MSR alone cannot give for
+        # operators wider than a pixel block (bicubic SR, blur); a no-op up to rounding for the others
+        return obs.sigma == 0
+
+
+def _pinv_keeps_constants(op: Any, x_shape: Sequence[int]) -> bool:
+    """``A⁺A 1 = 1``: the operator observes a flat image everywhere (no holes, no missing coefficients)."""
+    op = op.to(device="cpu") if hasattr(op, "to") else op
+    ones = torch.ones(tuple(int(v) for v in x_shape))
+    return bool(torch.allclose(op.pinv(op.A(ones)), ones, atol=1e-3))

@@ -9,7 +9,6 @@ dtype simply follows the parameters (cast the model with ``.to(torch.bfloat16)``
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffrestore.errors import UserError
 from diffrestore.nets.layers import (
     adm_timestep_embedding,
     normalization,
@@ -503,8 +503,29 @@ def _parse_res(value: Any, image_size: int, flags: bool) -> tuple[int, ...]:
     return tuple(image_size // v for v in vals) if flags else vals
 
 
+#: guided-diffusion's ``model_and_diffusion_defaults`` / classifier / sampling script flags.
+_FLAG_KEYS = frozenset({
+    "image_size", "num_channels", "num_res_blocks", "num_heads", "num_heads_upsample", "num_head_channels",
+    "attention_resolutions", "channel_mult", "dropout", "class_cond", "use_checkpoint",
+    "use_scale_shift_norm",
+    "resblock_updown", "use_fp16", "use_new_attention_order", "learn_sigma", "diffusion_steps",
+    "noise_schedule", "timestep_respacing", "use_kl", "predict_xstart", "rescale_timesteps",
+    "rescale_learned_sigmas", "classifier_use_fp16", "classifier_width", "classifier_depth",
+    "classifier_attention_resolutions", "classifier_use_scale_shift_norm", "classifier_resblock_updown",
+    "classifier_pool", "clip_denoised", "num_samples", "batch_size", "use_ddim", "model_path",
+    "classifier_path", "classifier_scale",
+})
+
+
+def _check_flags(cfg: dict[str, Any], kind: str) -> None:
+    extra = sorted(set(cfg) - _FLAG_KEYS)
+    if extra:
+        raise UserError(f"{kind} config: unknown flag(s) {', '.join(extra)}")
+
+
 def _unet_from_flags(cfg: dict[str, Any]) -> dict[str, Any]:
     """``create_model`` flags (num_channels, class_cond, learn_sigma, ...) -> UNetModel kwargs."""
+    _check_flags(cfg, "adm_unet")
     size = int(cfg["image_size"])
     return {
         "image_size": size,
@@ -529,6 +550,7 @@ def _unet_from_flags(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _classifier_from_flags(cfg: dict[str, Any]) -> dict[str, Any]:
     """``create_classifier`` flags (classifier_width, classifier_depth, ...) -> EncoderUNetModel kwargs."""
+    _check_flags(cfg, "adm_classifier")
     size = int(cfg["image_size"])
     return {
         "image_size": size,
@@ -551,8 +573,8 @@ def _classifier_from_flags(cfg: dict[str, Any]) -> dict[str, Any]:
 def _normalise(cfg: dict[str, Any], allowed: list[str], kind: str) -> dict[str, Any]:
     size = int(cfg["image_size"])
     extra = sorted(set(cfg) - set(allowed))
-    if extra:
-        warnings.warn(f"{kind}: ignoring unknown config keys {extra}", stacklevel=3)
+    if extra:  # a typo'd key would silently build another network that still loads strictly
+        raise UserError(f"{kind} config: unknown key(s) {', '.join(extra)}")
     out = {k: v for k, v in cfg.items() if k in allowed}
     for key in ("image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks"):
         if key not in out:

@@ -12,7 +12,6 @@ over windows or heads, and no per-window mask copies for large run-time inputs.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffrestore.errors import UserError
 from diffrestore.nets.adm import Downsample, ResBlock, TimestepBlock, TimestepEmbedSequential, Upsample
 from diffrestore.nets.layers import adm_timestep_embedding, normalization
 
@@ -441,6 +441,6 @@ def build_swinunet(config: dict[str, Any]) -> UNetModelSwin:
     """Build from the official ``UNetModelSwin`` kwargs (refs config.json / manifest ``config``)."""
     cfg = dict(config)
     extra = sorted(set(cfg) - _SWIN_KWARGS)
-    if extra:
-        warnings.warn(f"resshift_swinunet: ignoring unknown config keys {extra}", stacklevel=2)
+    if extra:  # a typo'd key would silently build another network
+        raise UserError(f"resshift_swinunet config: unknown key(s) {', '.join(extra)}")
     return UNetModelSwin(**{k: v for k, v in cfg.items() if k in _SWIN_KWARGS})

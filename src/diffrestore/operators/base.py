@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -48,11 +50,13 @@ from diffrestore.errors import UserError
 __all__ = [
     "Box",
     "IdentityBasis",
+    "LowResProblem",
     "Operator",
     "SVDView",
     "SameShape",
     "crop_stack",
     "fit_multiple",
+    "pool",
     "load_operator",
     "read_array_file",
     "register_operator",
@@ -133,6 +137,26 @@ def _move(t: Tensor, device: torch.device | str | None, dtype: torch.dtype | Non
     return t.to(device=device) if device is not None else t
 
 
+@dataclass
+class LowResProblem:
+    """HiR's phase-1 problem: ``y_low = op(x_low)`` with ``x_low ≈ D_f x`` (``D_f``: average pooling ×f).
+
+    ``sigma_scale`` multiplies σ_y for phase 1 (pooling f² noisy pixels divides σ by f); ``exact`` is False
+    where ``A ≠ A_low ∘ D_f``; ``identity`` marks ``A_low = I`` (noise-free: ``x_low = y_low``, no network).
+    """
+
+    op: Any
+    y: Tensor
+    sigma_scale: float
+    exact: bool = True
+    identity: bool = False
+
+
+def pool(y: Tensor, f: int) -> Tensor:
+    """Average pooling ×f (the HiR reduction), identity for f = 1."""
+    return torch.nn.functional.avg_pool2d(y, f) if f > 1 else y
+
+
 class Operator:
     """A linear degradation ``y = A x`` with ``A``, ``Aᵀ``, ``A⁺`` and optional SVD view / tiling.
 
@@ -147,10 +171,37 @@ class Operator:
     pointwise: ClassVar[bool] = False
     channelwise: bool = False
 
+    #: The observation of a pixel block depends on that block alone (False for bicubic SR and blur,
+    #: whose footprint crosses tile edges): the tiling layer's policy for such operators differs.
+    block_local: ClassVar[bool] = True
+
     def __init__(self) -> None:
         self.x_shape: tuple[int, int, int] | None = None
         self.tile_hw: tuple[int, int] | None = None  # set on tile operators (restrict's results)
         self._cache: dict[Any, Any] = {}
+
+    # ------------------------------------------------------------------ tiling facts
+    def tile_align(self) -> int:
+        """Tile-start alignment this operator needs (SR ×s: ``s``; block CS: the block; else 1).
+
+        Why: a tile's measurement must be a whole window of y (whole LR pixels, whole CS blocks).
+        """
+        a = 1
+        for name in ("align", "scale", "block"):
+            v = getattr(self, name, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+                a = math.lcm(a, v)
+        return a
+
+    def lowres(self, y: Tensor, factor: int) -> LowResProblem:
+        """Hierarchical Restoration's phase-1 problem at reduction ``factor`` (``x_low ≈ D_f x``).
+
+        Each operator that supports HiR says how it factors through average pooling; the rest refuse.
+        """
+        raise UserError(
+            f"hierarchical restoration does not support the {self.task} operator "
+            "(supported: sr, inpaint, colorize, denoise and colorize compositions)"
+        )
 
     # ------------------------------------------------------------------ core
     def A(self, x: Tensor) -> Tensor:

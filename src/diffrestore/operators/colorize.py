@@ -15,7 +15,15 @@ import torch
 from torch import Tensor
 
 from diffrestore.errors import UserError
-from diffrestore.operators.base import Operator, SVDView, _with_batch, register_operator, shape_chw
+from diffrestore.operators.base import (
+    LowResProblem,
+    Operator,
+    SVDView,
+    _with_batch,
+    pool,
+    register_operator,
+    shape_chw,
+)
 
 __all__ = ["BT601", "Colorize", "householder_basis"]
 
@@ -56,6 +64,11 @@ class Colorize(SVDView, Operator):
         if w.numel() < 1 or not torch.isfinite(w).all() or float(w.norm()) == 0:
             raise UserError(f"colorization weights must be finite and not all zero, got {w.tolist()}")
         self.weights = w
+
+    def lowres(self, y: Tensor, factor: int) -> LowResProblem:
+        """Commutes with pooling: ``y_low = D y`` (noise std / f)."""
+        f = int(factor)
+        return LowResProblem(Colorize(self.weights), pool(y, f), 1.0 / f)
 
     @property
     def channels(self) -> int:

@@ -18,6 +18,7 @@ tile operator composes them with the innermost's tile operator and the tile y is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from diffrestore.errors import UserError
 from diffrestore.operators.base import (
     _REGISTRY,
     Box,
+    LowResProblem,
     Operator,
     SVDView,
     check_boxes,
@@ -120,6 +122,24 @@ class Compose(Operator):
 
     def y_from_image(self, img: Tensor) -> Tensor:
         return self.ops[0].y_from_image(img)
+
+    @property
+    def block_local(self) -> bool:  # type: ignore[override]
+        return all(o.block_local for o in self.ops)
+
+    def tile_align(self) -> int:
+        return math.lcm(1, *(o.tile_align() for o in self.ops))
+
+    def lowres(self, y: Tensor, factor: int) -> LowResProblem:
+        """Pointwise outer operators (colourisation) commute with pooling: the inner operator's rule."""
+        if not all(o.pointwise for o in self.ops[:-1]) or isinstance(self.ops[-1], Inpaint):
+            raise UserError(
+                "hierarchical restoration supports compositions of pointwise operators (colorize) with SR, "
+                "colorize or denoise inside"
+            )
+        inner = self.ops[-1].lowres(y, factor)
+        return LowResProblem(Compose([*self.ops[:-1], inner.op], task=self.task), inner.y, inner.sigma_scale,
+                             inner.exact, False)
 
     def restrict(self, boxes: Sequence[Box], image_shape: Sequence[int] | None = None) -> Operator:
         if not all(o.pointwise for o in self.ops[:-1]):

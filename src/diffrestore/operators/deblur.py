@@ -52,6 +52,7 @@ from diffrestore.operators.base import (
 __all__ = [
     "Blur",
     "TileBlur",
+    "UnknownBlur",
     "anisotropic_gaussian",
     "gaussian_kernel",
     "load_kernel",
@@ -216,6 +217,8 @@ class Blur(SVDView, _Circular):
     ``|K| ≤ 1``). ``A A⁺ A = A`` holds exactly when no ``|K|`` lies in (0, τ]; otherwise it holds up to
     ``τ·‖x‖`` (the cut frequencies count as null space). ``normalize`` rescales the kernel to sum 1.
     """
+
+    block_local = False  # a blurred pixel sees its neighbours: the footprint crosses tile edges
 
     # SVD view (Hartley basis, see module docstring)
     def singular_values(self, x_shape: Sequence[int] | None = None) -> Tensor:
@@ -388,3 +391,31 @@ class TileBlur(_Circular):
     def get_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         cfg = {"threshold": self.threshold, "normalize": False, "desc": self.desc}
         return {**cfg, "max_iter": self.max_iter, "tol": self.tol}, {"kernel": self.kernel, "mask": self.mask}
+
+
+@register_operator
+class UnknownBlur(SameShape, Operator):
+    """Blind deblurring: a blur whose kernel is unknown (``--kernel unknown``).
+
+    Why an operator: the observation still has a task, a shape and a tiling story; only a method that
+    estimates the kernel (SHRED) can use it — it replaces this placeholder with ``Blur(estimated kernel)``
+    before any tile runs. Every other method refuses it (``blind`` flag). ``A`` is the identity meanwhile
+    (the blurred photo is its own best guess), which keeps reports defined.
+    """
+
+    task = "deblur"
+    channelwise = True
+    pointwise = True
+    blind = True
+
+    def A(self, x: Tensor) -> Tensor:
+        return x
+
+    def At(self, y: Tensor) -> Tensor:
+        return y
+
+    def pinv(self, y: Tensor) -> Tensor:
+        return y
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        return {}, {}

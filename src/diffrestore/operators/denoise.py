@@ -12,7 +12,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffrestore.operators.base import IdentityBasis, Operator, SameShape, register_operator
+from diffrestore.operators.base import (
+    IdentityBasis,
+    LowResProblem,
+    Operator,
+    SameShape,
+    pool,
+    register_operator,
+)
 
 __all__ = ["Denoise", "Identity"]
 
@@ -36,6 +43,11 @@ class Identity(IdentityBasis, SameShape, Operator):
 
     def singular_values(self, x_shape: Sequence[int] | None = None) -> Tensor:
         return torch.ones(1, 1, 1, dtype=torch.float64)
+
+    def lowres(self, y: Tensor, factor: int) -> LowResProblem:
+        """Commutes with pooling: ``y_low = D y`` (noise std / f)."""
+        f = int(factor)
+        return LowResProblem(type(self)(), pool(y, f), 1.0 / f, identity=True)
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         return {}, {}

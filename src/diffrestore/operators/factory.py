@@ -12,7 +12,8 @@ Tasks and options (defaults in brackets):
   (box), ``rate`` = MISSING fraction [0.5] and ``seed`` [0] (random), ``lines`` [8], ``width`` [5], ``seed``
 * ``colorize``: ``weights`` [(1/3, 1/3, 1/3)] (or ``"bt601"``)
 * ``denoise``: none (the noise level is the method's ``sigma_y``)
-* ``deblur``: ``kernel`` ``gaussian`` | ``uniform`` | ``aniso`` | PATH (image / .npy) [gaussian],
+* ``deblur``: ``kernel`` ``gaussian`` | ``uniform`` | ``aniso`` | PATH (image / .npy) | ``unknown`` (blind:
+  SHRED estimates it) [gaussian],
   ``size`` [2·ceil(3σ)+1; 5 for uniform], ``sigma`` [1.6], ``sigma2`` [sigma/2], ``theta`` (radians) [0],
   ``threshold`` [3e-2]
 * ``cs``: ``kind`` ``pixels`` | ``hadamard`` [hadamard], ``rate`` = KEPT fraction [0.25], ``seed`` [0],
@@ -36,6 +37,7 @@ from diffrestore.operators.compose import Compose
 from diffrestore.operators.cs import RandomPixelsCS, WalshHadamardCS
 from diffrestore.operators.deblur import (
     Blur,
+    UnknownBlur,
     anisotropic_gaussian,
     gaussian_kernel,
     load_kernel,
@@ -156,6 +158,8 @@ def make_operator(
         op = Denoise()
     elif t == "inpaint":
         op = Inpaint(_mask(o, hw))
+    elif t == "deblur" and str(o.get("kernel", "")).lower() in ("unknown", "blind"):
+        op = UnknownBlur()  # blind deblurring: the method estimates the kernel (SHRED)
     elif t == "deblur":
         op = Blur(_kernel(o), o.get("threshold", 3e-2), desc=_kernel_desc(o))
     else:  # cs

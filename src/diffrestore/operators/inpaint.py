@@ -19,10 +19,12 @@ from diffrestore.errors import UserError
 from diffrestore.operators.base import (
     Box,
     IdentityBasis,
+    LowResProblem,
     Operator,
     SameShape,
     check_boxes,
     crop_stack,
+    pool,
     register_operator,
     shape_chw,
 )
@@ -56,6 +58,14 @@ class Inpaint(IdentityBasis, SameShape, Operator):
         super().__init__()
         self.mask = as_mask(mask)
         self.channelwise = self.mask.shape[1] == 1
+
+    def lowres(self, y: Tensor, factor: int) -> LowResProblem:
+        """``y_low = D y`` with the conservative mask "known iff all f² sub-pixels are known"."""
+        f = int(factor)
+        if self.mask.shape[0] != 1:
+            raise UserError("hierarchical restoration needs one inpainting mask for the image")
+        m_low = -torch.nn.functional.max_pool2d(-self.mask.to(torch.float32), f) > 0.5
+        return LowResProblem(Inpaint(m_low), pool(y, f) * m_low.to(y), 1.0 / f)
 
     @property
     def known_fraction(self) -> float:

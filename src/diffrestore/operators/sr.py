@@ -26,12 +26,14 @@ from torch import Tensor
 from diffrestore.errors import UserError
 from diffrestore.operators.base import (
     Box,
+    LowResProblem,
     Operator,
     SVDView,
     _with_batch,
     check_boxes,
     crop_stack,
     fit_multiple,
+    pool,
     register_operator,
     shape_chw,
 )
@@ -109,6 +111,19 @@ class AvgPoolSR(_Downscale, SVDView, Operator):
     def __init__(self, scale: int) -> None:
         super().__init__()
         self.scale = _check_scale(scale)
+
+    def lowres(self, y: Tensor, factor: int) -> LowResProblem:
+        """f | s: ``A = AvgPool(s/f) ∘ D_f`` exactly, ``y_low = y``; s | f: ``A_low = I``, pooled y."""
+        from diffrestore.operators.denoise import Identity
+
+        s, f = self.scale, int(factor)
+        if s % f == 0:
+            if s == f:
+                return LowResProblem(Identity(), y, 1.0, identity=True)
+            return LowResProblem(AvgPoolSR(s // f), y, 1.0)
+        if f % s == 0:
+            return LowResProblem(Identity(), pool(y, f // s), s / f, identity=True)
+        raise UserError(f"hierarchical factor {f} and SR scale {s} must divide one another")
 
     def check_shape(self, x_shape: Sequence[int]) -> None:
         _check_divisible("average-pooling SR", self.scale, x_shape)
@@ -313,11 +328,22 @@ class BicubicSR(_Separable):
     """
 
     task = "sr"
+    block_local = False  # each LR pixel sees 4s+2 HR pixels per axis: its footprint crosses tile edges
 
     def __init__(self, scale: int, threshold: float = 3e-2) -> None:
         super().__init__()
         self.scale = _check_scale(scale, 2, 32)
         self.threshold = float(threshold)
+
+    def lowres(self, y: Tensor, factor: int) -> LowResProblem:
+        """f | s: bicubic ×(s/f) on ``y`` itself (approximate: bicubic does not factor through D_f)."""
+        from diffrestore.operators.denoise import Identity
+
+        s, f = self.scale, int(factor)
+        if s % f:
+            raise UserError(f"hierarchical factor {f} must divide the bicubic SR scale {s}")
+        low: Operator = Identity() if s == f else BicubicSR(s // f, self.threshold)
+        return LowResProblem(low, y, 1.0, exact=False, identity=s == f)
 
     def check_shape(self, x_shape: Sequence[int]) -> None:
         _check_divisible("bicubic SR", self.scale, x_shape)

@@ -191,7 +191,7 @@ def make_plan(
 
 
 def hq_demo_plan(height: int, width: int, tile: int = 256, shift: int = 128) -> TilePlan:
-    """The official hq_demo tile plan (``compat="official"``), for its fixed ``tile = 2·shift``.
+    """The official hq_demo tile plan (method ``ddnm-hq``), for its fixed ``tile = 2·shift``.
 
     ``n_h = ⌈H/shift⌉ − 1`` rows at ``shift·i``; if ``H`` is not a multiple of ``shift`` the last row is flush
     with the far edge (``H − tile``); same for columns. hq_demo refuses images smaller than a tile.
@@ -199,7 +199,7 @@ def hq_demo_plan(height: int, width: int, tile: int = 256, shift: int = 128) -> 
     if tile != 2 * shift:
         raise UserError(f"the official hq_demo plan needs tile = 2*shift, got tile {tile}, shift {shift}")
     if height < tile or width < tile:
-        raise UserError(f"compat official needs an output of at least {tile}x{tile}, got {height}x{width}")
+        raise UserError(f"ddnm-hq (hq_demo) needs an output of at least {tile}x{tile}, got {height}x{width}")
 
     def axis(length: int) -> tuple[int, ...]:
         n = math.ceil(length / shift) - 1

@@ -31,7 +31,7 @@ by the prior and cropped away at the end.
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,49 +40,82 @@ import torch
 import torch.nn.functional as F
 
 from diffrestore.diffusion.noise import Stream
+from diffrestore.progress import Event, Ticker
 from diffrestore.tiling.plan import Box, TilePlan, waves
 
 __all__ = [
+    "RULES",
     "Hook",
     "PadTileOperator",
     "PlanSummary",
-    "Progress",
+    "TileContext",
     "TileProblem",
     "TileSolver",
+    "blend_weights",
     "pad_tile",
     "plan_summary",
     "run_tiles",
     "tile_batches",
-    "tqdm_progress",
 ]
 
 Hook = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-class TileSolver(Protocol):
-    """Restores a batch ``[B, C, P, P]`` of tiles; what the driver needs from a method.
+class TileContext:
+    """One tile batch as data: what a solver needs to restore it, and the MSR/HiR constraints as helpers.
 
-    It must call ``constrain_x0`` on every x0 estimate after its data-consistency step (and
-    ``pre_correct``, when given, before it), and return the final constrained estimate.
+    ``op``/``y``: the tiles' restricted operator and observation (model units); ``sigma``: the noise std
+    of y in model units; ``shape``: ``[B, C, P, P]``; ``streams``: one noise stream per tile;
+    ``known``/``finished``: the MSR mask ``[B, 1, P, P]`` of pixels earlier tiles finished and their
+    values ``[B, C, P, P]``; ``low``: HiR's low-frequency correction (None outside HiR phase 2);
+    ``boxes``: canvas boxes. The solver decides about gradients; the helpers are differentiable.
+    """
+
+    def __init__(self, op: Any, y: torch.Tensor, *, sigma: float, shape: tuple[int, int, int, int],
+                 streams: Sequence[Stream], known: torch.Tensor, finished: torch.Tensor,
+                 low: Hook | None = None, boxes: Sequence[Box] = ()) -> None:
+        self.op, self.y, self.sigma, self.shape = op, y, float(sigma), tuple(shape)
+        self.streams, self.known, self.finished, self.low = list(streams), known, finished, low
+        self.boxes = list(boxes)
+
+    @property
+    def any_known(self) -> bool:
+        return bool(self.known.any())
+
+    def pin(self, x0: torch.Tensor, step: int = 0) -> torch.Tensor:
+        """MSR by projection: the finished pixels replace the estimate (a copy, bit-exact)."""
+        return torch.where(self.known, self.finished.to(x0.dtype), x0)
+
+    def low_correct(self, x0: torch.Tensor, step: int = 0) -> torch.Tensor:
+        """HiR's low-frequency projection (identity outside HiR phase 2)."""
+        return x0 if self.low is None else self.low(x0, step)
+
+    def overlap_loss(self, x0: torch.Tensor) -> torch.Tensor:
+        """MSR as a loss (METHODS §3.4): Σ_tiles ‖M_k ⊙ (x0 − x_prev)‖² / max(1, ΣM_k) (sum over tiles).
+
+        Per-tile normalisation by its known-pixel count, summed over tiles, so batched optimisation
+        equals per-tile runs (Adam sees the same gradient scale).
+        """
+        m = self.known.to(x0.dtype).expand_as(x0)
+        diff = (m * (x0 - self.finished.to(x0.dtype))) ** 2
+        return (diff.flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)).sum()
+
+
+class TileSolver(Protocol):
+    """Restores one tile batch (``ctx.shape``) given a :class:`TileContext`; what the driver needs.
 
     ``calls_per_tile`` is the number of sequential network evaluations one batch costs (for the plan
     printout); ``sequential`` says the solver carries state from one tile to the next (then the driver
-    must use raster order, batch 1).
+    must use raster order, batch 1). A projection solver calls ``ctx.pin`` on every x0 estimate after
+    its data-consistency step (and ``ctx.low_correct`` before it); a loss-based one adds
+    ``ctx.overlap_loss``. The driver keeps finished pixels under the "first" canvas rule whatever the
+    solver returns.
     """
 
     calls_per_tile: int
     sequential: bool
 
-    def __call__(
-        self,
-        op: Any,
-        y: torch.Tensor,
-        *,
-        shape: tuple[int, int, int, int],
-        constrain_x0: Hook,
-        pre_correct: Hook | None,
-        streams: Sequence[Stream],
-    ) -> torch.Tensor: ...
+    def __call__(self, ctx: TileContext) -> torch.Tensor: ...
 
 
 class PadTileOperator:
@@ -171,6 +204,7 @@ class TileProblem:
     op: Any
     y: torch.Tensor
     pre_correct: Callable[[list[Box]], Hook] | None = None
+    sigma: float = 0.0
 
     def tile(self, plan: TilePlan, indices: Sequence[int]) -> tuple[Any, torch.Tensor]:
         """Restricted operator and measurement for a batch of tiles sharing one in-image size."""
@@ -239,11 +273,13 @@ class PlanSummary:
 
 
 def _schedule(plan: TilePlan, order: str, batch: int) -> list[list[list[int]]]:
-    """Waves of network batches (raster: one tile per wave)."""
+    """Waves of network batches (raster: one tile per wave; independent: all tiles in one wave)."""
     if order == "raster":
         return [[[i]] for i in range(plan.n_tiles)]
+    if order == "independent":
+        return [tile_batches(plan, range(plan.n_tiles), batch)]
     if order != "waves":
-        raise ValueError(f"order must be 'waves' or 'raster', got {order!r}")
+        raise ValueError(f"order must be 'waves', 'raster' or 'independent', got {order!r}")
     return [tile_batches(plan, w, batch) for w in waves(plan)]
 
 
@@ -255,7 +291,7 @@ def plan_summary(plan: TilePlan, calls_per_tile: int, batch: int = 1, order: str
         plan=plan,
         n_waves=len(sched),
         max_wave=max(sum(len(b) for b in w) for w in sched),
-        batch=max(1, batch) if order == "waves" else 1,
+        batch=max(1, batch) if order != "raster" else 1,
         network_batches=sum(len(w) for w in sched),
         calls_per_tile=calls_per_tile,
         order=order,
@@ -263,19 +299,22 @@ def plan_summary(plan: TilePlan, calls_per_tile: int, batch: int = 1, order: str
     )
 
 
-@dataclass
-class Progress:
-    """Progress report after each tile batch; ``eta_s`` is None until the first wave has finished."""
+#: Canvas rules: MSR's "first finished tile wins" and weighted blending of independent tiles.
+RULES = ("first", "blend")
 
-    phase: str
-    wave: int
-    n_waves: int
-    tiles_done: int
-    n_tiles: int
-    calls_done: int
-    calls_total: int
-    elapsed_s: float
-    eta_s: float | None = None
+
+def blend_weights(P: int, overlap: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[P, P]`` weights of the blending rule: a raised-cosine ramp over ``overlap`` pixels at each edge.
+
+    Why a ramp: plain averaging (the official ResShift chopping) switches weight abruptly at a tile edge,
+    leaving a visible step wherever two tiles disagree; a smooth ramp spreads the disagreement over the
+    whole overlap. Strictly positive, so every canvas pixel gets a weight.
+    """
+    r = max(1, int(overlap))
+    i = torch.arange(P, dtype=torch.float32, device=device)
+    d = torch.minimum(i, P - 1 - i)
+    ramp = torch.where(d < r, 0.5 - 0.5 * torch.cos(math.pi * (d + 1) / (r + 1)), torch.ones_like(d))
+    return ramp[:, None] * ramp[None, :]
 
 
 def run_tiles(
@@ -286,89 +325,65 @@ def run_tiles(
     channels: int,
     batch: int = 1,
     order: str = "waves",
+    rule: str = "first",
     streams: Callable[[int], Stream] | None = None,
-    progress: Callable[[Progress], None] | None = None,
+    progress: Callable[[Event], None] | None = None,
     phase: str = "",
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Restore the whole image tile by tile with the MSR constraint; returns ``[1, C, H, W]``.
+    """Restore the whole image tile by tile; returns ``[1, C, H, W]``.
 
-    ``streams(i)`` names tile i's noise stream (default: its raster index ``i``), so a tile's draws do
-    not depend on the order or batching. Memory: the canvas (image size) plus one tile batch.
+    ``rule="first"`` (MSR): every pixel keeps the value of the first tile that finished it; each tile
+    sees the finished pixels under it in its context. ``rule="blend"``: tiles are independent (one
+    wave), the canvas is their ``blend_weights``-weighted average. ``streams(i)`` names tile i's noise
+    stream (default: its raster index), so a tile's draws do not depend on order or batching. Progress
+    events count network calls. Memory: the canvas (image size) plus one tile batch.
     """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     if getattr(solver, "sequential", False) and order != "raster":
         raise ValueError("this solver carries state across tiles: use order='raster'")
+    if rule == "blend" and order == "waves":
+        order = "independent"
     stream_of = streams if streams is not None else (lambda i: i)
     sched = _schedule(plan, order, max(1, batch))
     device = problem.y.device
     P = plan.tile
     X = torch.zeros(1, channels, plan.canvas_height, plan.canvas_width, dtype=dtype, device=device)
     done = torch.zeros(plan.canvas_height, plan.canvas_width, dtype=torch.bool, device=device)
-    calls_total = solver.calls_per_tile * sum(len(w) for w in sched)  # = PlanSummary.network_calls
-    calls_done = tiles_done = 0
-    t0 = time.perf_counter()
+    if rule == "blend":
+        Wsum = torch.zeros(plan.canvas_height, plan.canvas_width, dtype=dtype, device=device)
+        w_tile = blend_weights(P, plan.overlap, device).to(dtype)
+    ticker = Ticker(progress, phase, solver.calls_per_tile * sum(len(w) for w in sched), unit="call",
+                    warmup=solver.calls_per_tile * len(sched[0]) if order == "waves" else 0)
+    tiles_done = 0
     for w_idx, wave in enumerate(sched):
-        for b_idx, idx in enumerate(wave):
+        for idx in wave:
             boxes = [plan.box(i) for i in idx]
-            x_prev = torch.cat([X[:, :, b.top : b.top + P, b.left : b.left + P] for b in boxes])
-            mask = torch.stack([done[b.top : b.top + P, b.left : b.left + P] for b in boxes])[:, None]
+            if rule == "first":
+                x_prev = torch.cat([X[:, :, b.top : b.top + P, b.left : b.left + P] for b in boxes])
+                mask = torch.stack([done[b.top : b.top + P, b.left : b.left + P] for b in boxes])[:, None]
+            else:
+                x_prev = X.new_zeros(len(idx), channels, P, P)
+                mask = torch.zeros(len(idx), 1, P, P, dtype=torch.bool, device=device)
             op_k, y_k = problem.tile(plan, idx)
-            out = solver(
-                op_k,
-                y_k,
-                shape=(len(idx), channels, P, P),
-                constrain_x0=_mask_hook(mask, x_prev),
-                pre_correct=problem.pre_correct(boxes) if problem.pre_correct is not None else None,
-                streams=[stream_of(i) for i in idx],
-            )
-            out = torch.where(mask, x_prev, out.to(dtype))
-            for b, o in zip(boxes, out):
-                X[0, :, b.top : b.top + P, b.left : b.left + P] = o
-                done[b.top : b.top + P, b.left : b.left + P] = True
-            calls_done += solver.calls_per_tile
+            ctx = TileContext(op_k, y_k, sigma=problem.sigma, shape=(len(idx), channels, P, P),
+                              streams=[stream_of(i) for i in idx], known=mask, finished=x_prev,
+                              low=problem.pre_correct(boxes) if problem.pre_correct is not None else None,
+                              boxes=boxes)
+            out = solver(ctx).detach().to(dtype)
+            if rule == "first":
+                out = torch.where(mask, x_prev, out)
+                for b, o in zip(boxes, out):
+                    X[0, :, b.top : b.top + P, b.left : b.left + P] = o
+                    done[b.top : b.top + P, b.left : b.left + P] = True
+            else:
+                for b, o in zip(boxes, out):
+                    X[0, :, b.top : b.top + P, b.left : b.left + P] += o * w_tile
+                    Wsum[b.top : b.top + P, b.left : b.left + P] += w_tile
             tiles_done += len(idx)
-            if progress is not None:
-                elapsed = time.perf_counter() - t0
-                first_wave_done = w_idx > 0 or b_idx == len(wave) - 1
-                eta = elapsed / calls_done * (calls_total - calls_done) if first_wave_done else None
-                progress(Progress(phase, w_idx, len(sched), tiles_done, plan.n_tiles, calls_done,
-                                  calls_total, elapsed, eta))
+            ticker.tick(solver.calls_per_tile, wave=f"{w_idx + 1}/{len(sched)}",
+                        tiles=f"{tiles_done}/{plan.n_tiles}", _tiles_done=tiles_done, _n_tiles=plan.n_tiles)
+    if rule == "blend":
+        X = X / Wsum.clamp_min(1e-12)
     return X[:, :, : plan.height, : plan.width]
-
-
-
-def _mask_hook(mask: torch.Tensor, x_prev: torch.Tensor) -> Hook:
-    """The MSR constraint ``x̂ ← where(M, x_prev, x̂)`` for one tile batch (a copy: bit-exact)."""
-
-    def hook(x0: torch.Tensor, step: int) -> torch.Tensor:
-        return torch.where(mask, x_prev.to(x0.dtype), x0)
-
-    return hook
-
-
-def tqdm_progress(desc: str = "restoring", **tqdm_kwargs: Any) -> Callable[[Progress], None]:
-    """A ``progress`` callback drawing a tqdm bar over network calls, with the wave and our ETA.
-
-    tqdm's own rate estimate is shown too; ``eta`` in the postfix is the driver's estimate, available
-    once the first wave has finished (the first wave includes warm-up, so it is not extrapolated alone).
-    """
-    from tqdm.auto import tqdm
-
-    bar: dict[str, Any] = {}
-
-    def update(p: Progress) -> None:
-        key = p.phase or desc
-        if bar.get("key") != key:
-            if "bar" in bar:
-                bar["bar"].close()
-            bar.update(key=key, bar=tqdm(total=p.calls_total, desc=key, unit="call", **tqdm_kwargs), n=0)
-        b = bar["bar"]
-        b.update(p.calls_done - bar["n"])
-        bar["n"] = p.calls_done
-        eta = "..." if p.eta_s is None else f"{p.eta_s:.0f}s"
-        b.set_postfix_str(f"wave {p.wave + 1}/{p.n_waves}, tiles {p.tiles_done}/{p.n_tiles}, eta {eta}")
-        if p.tiles_done == p.n_tiles:
-            b.close()
-            bar.clear()
-
-    return update
