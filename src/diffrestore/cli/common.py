@@ -35,7 +35,7 @@ def add_method_options(p: argparse.ArgumentParser, methods: bool = True, skip: t
     if methods:
         p.add_argument("--method", default="ddnm", choices=sorted(METHODS),
                        help="restoration method (default ddnm)")
-        p.add_argument("--sigma-y", type=_finite_nonneg, default=0.0,
+        p.add_argument("--sigma-y", type=finite_nonneg, default=0.0,
                        help="noise std of the observation, in [0,1] units (every method)")
     owners = all_option_fields()
     done: set[str] = set(skip)
@@ -54,10 +54,11 @@ def method_options(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict
     from diffrestore.methods.options import fields_of, parse_value
 
     fields = fields_of(option_groups_of_all())
-    return {k: parse_value(k, fields[k][1], v) for k, v in vars(args).items() if k in fields and k not in skip}
+    given = {k: v for k, v in vars(args).items() if k in fields and k not in skip}
+    return {k: parse_value(k, fields[k][1], v) for k, v in given.items()}
 
 
-def _finite_nonneg(text: str) -> float:
+def finite_nonneg(text: str) -> float:
     try:
         v = float(text)
     except ValueError:

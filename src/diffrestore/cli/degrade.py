@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from diffrestore.cli.common import add_task_options, task_options
+from diffrestore.cli.common import add_task_options, finite_nonneg, task_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("gt", type=Path, help="ground-truth image")
     p.add_argument("output", type=Path, help="observation image to write (.png)")
     add_task_options(p)
-    p.add_argument("--sigma-y", type=float, default=0.0, help="Gaussian noise std added to y, [0,1] units")
+    p.add_argument("--sigma-y", type=finite_nonneg, default=0.0,
+                   help="Gaussian noise std added to y, [0,1] units")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (and of random masks/CS)")
     p.add_argument("--float", dest="write_float", action="store_true", help="also write y as OUT.npy")
     p.set_defaults(func=run)
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from diffrestore.cli.restore import _check_output
     from diffrestore.io.images import read_image, write_float, write_image
 
-    _check_output(args.output)
+    _check_output(args.output, args.gt)
     gt = read_image(args.gt)
     opts = task_options(args, gt)
     op, y, gt = degrade(gt, args.task, args.sigma_y, args.seed, **opts)

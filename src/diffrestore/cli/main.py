@@ -11,12 +11,20 @@ from diffrestore import __version__
 from diffrestore.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``diffrestore CMD: error: ...``, exit 2), like every other user error;
+    ``--help`` still prints the full usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="diffrestore", description="Restore photos of any size with diffusion models."
     )
     parser.add_argument("--version", action="version", version=f"diffrestore {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     import diffrestore.cli as pkg
 
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from diffrestore.api import read_observation, restore
     from diffrestore.io.images import write_float, write_image
 
-    _check_output(args.output)
+    _check_output(args.output, args.input, args.params, getattr(args, "mask", None))
     float_path = args.output.with_suffix(".npy")
     if args.write_float and float_path.resolve() == args.input.resolve():
         raise UserError(f"--float would overwrite the observation {args.input}; choose another OUT name")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if args.write_float:  # the float first: if the image write then fails, no PNG claims a finished run
         write_float(float_path, res.x)
     kernel = res.info.pop("kernel", None)
-    if kernel is not None:  # blind deblurring: the estimated kernel beside the image (PNG to view, .npy exact)
+    if kernel is not None:  # blind deblurring: the estimated kernel beside OUT (PNG to view, .npy exact)
         from diffrestore.methods.shred_kernel import save_kernel
 
         png, npy = save_kernel(kernel, args.output.with_name(args.output.stem + ".kernel"))
@@ -81,8 +81,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output(out: Path) -> None:
-    """Refuse a bad OUT before any work (also used by ``degrade``): nothing may run to be thrown away."""
+def _check_output(out: Path, *inputs: Path | str | None) -> None:
+    """Refuse a bad OUT before any work (also used by ``degrade``): nothing may run to be thrown away, and
+    no input may be overwritten (OUT is compared with each input after resolving links and ``..``)."""
+    for src in inputs:
+        if src is None:
+            continue
+        try:
+            same = Path(src).exists() and out.exists() and out.resolve().samefile(Path(src).resolve())
+        except OSError:
+            same = False
+        if same or out.resolve() == Path(src).resolve():
+            raise UserError(f"output {out} is the input {src}: refusing to overwrite it; choose another OUT")
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"):
         raise UserError(f"output {out}: unsupported image extension {out.suffix!r} (use .png, .jpg or .tif)")
     if not out.parent.exists():

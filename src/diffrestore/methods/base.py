@@ -86,6 +86,8 @@ class Prior:
     defaults: dict[str, Any] = field(default_factory=dict)
     #: An operator the method estimated in ``prepare`` (blind deblurring's kernel); None: the observation's.
     op: Any = None
+    #: Tile sides must be multiples of this (the network's downsampling); checked before any work.
+    multiple: int = 1
 
 
 @dataclass
@@ -207,6 +209,9 @@ class Method:
         if prior.op is not None:  # the method estimated the operator (blind): tiles use its estimate
             obs = dataclasses.replace(obs, op=prior.op)
         op, P = fit_tiling(obs.op, obs.x_shape, prior.patch, self.tiling.tile)
+        if P % prior.multiple:
+            raise UserError(f"tile {P} is not usable by model {getattr(prior.spec, 'name', prior.spec)}: "
+                            f"tile sides must be multiples of {prior.multiple}")
         t_prep = time.perf_counter() - t0 - t_load
         solver = self.solver(prior, obs)
         plan = self.plan(prior, obs, P)

@@ -267,6 +267,8 @@ class DDNM(Method):
         o: DDNMOptions = self.group(DDNMOptions)
         card = prior.defaults
         steps = int(self.group(SamplingOptions).steps or card.get("sampling_steps", 50))
+        if steps > prior.denoiser.num_timesteps:
+            raise UserError(f"steps {steps} exceeds the model's {prior.denoiser.num_timesteps} timesteps")
         eta = float(card.get("sampling_eta", 0.85) if o.eta is None else o.eta)
         start_t = o.start_t
         if start_t is None and _pinv_keeps_constants(obs.op, obs.x_shape):

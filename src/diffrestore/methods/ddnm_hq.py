@@ -212,6 +212,8 @@ class DDNMHQ(Method):
         from diffrestore.diffusion.noise import SeededNoise
 
         steps = int(self.group(SamplingOptions).steps or prior.defaults.get("sampling_steps", 50))
+        if steps > prior.denoiser.num_timesteps:
+            raise UserError(f"steps {steps} exceeds the model's {prior.denoiser.num_timesteps} timesteps")
         return HQDemoSolver(prior.denoiser, noise=SeededNoise(self.seed()), steps=steps,
                             travel=tuple(self.group(DDNMHQOptions).travel))
 

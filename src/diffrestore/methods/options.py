@@ -191,6 +191,27 @@ def add_arguments(parser: argparse.ArgumentParser | Any, groups: Iterable[type],
     return added
 
 
+def check_device(device: str) -> None:
+    """A device that exists here: ``cpu``, or ``cuda[:N]`` / ``mps`` when available (one-line error)."""
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if d.type == "cpu":
+        return
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r}: CUDA is not available on this machine")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return
+    if d.type == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return
+    raise UserError(f"device {device!r} is not usable here: use cpu or cuda[:N]")
+
+
 @dataclass
 class ModelOptions:
     """Which network(s) a method loads (registry name or checkpoint + config)."""
@@ -217,6 +238,9 @@ class RunOptions:
 
     seed: int = option(0, "seed of all random draws (per-tile noise streams)")
     device: str = option("cpu", "cpu, cuda or cuda:N")
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
     dtype: str = option("float32", "network precision", choices=("float32", "bfloat16", "float16"))
 
 

@@ -37,7 +37,8 @@ def load_prior(model: str | None, config: str | None, models_dir: str | None, de
     size = patch or spec.image_size or (spec.config or {}).get("image_size")
     if not size:
         raise UserError(f"model {spec.name!r} has no native patch size; pass --tile")
-    return Prior(spec=spec, patch=int(size), denoiser=denoiser, defaults=dict(spec.diffusion or {}))
+    return Prior(spec=spec, patch=int(size), denoiser=denoiser, defaults=dict(spec.diffusion or {}),
+                 multiple=int(getattr(denoiser.net, "size_multiple", 1)))
 
 
 def _mtime(model: str | Path | None) -> float | None:

@@ -348,6 +348,7 @@ class UNetModel(_ADMTrunk):
         self.model_channels = model_channels
         self.out_channels = out_channels
         self.num_classes = num_classes
+        self.size_multiple = 2 ** (len(channel_mult) - 1)  # input sides must divide by this (skips)
         self.use_fp16 = use_fp16  # run-time dtype follows the parameters; kept for introspection
         time_embed_dim = model_channels * 4
         ch, ds, chans = self._build_trunk(

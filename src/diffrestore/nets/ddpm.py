@@ -143,6 +143,7 @@ class Model(nn.Module):
         self.ch = ch
         self.temb_ch = ch * 4
         self.num_resolutions = len(ch_mult)
+        self.size_multiple = 2 ** (len(ch_mult) - 1)  # input sides must divide by this (skips)
         self.num_res_blocks = num_res_blocks
         self.resolution = resolution
         self.in_channels = in_channels
