@@ -56,3 +56,36 @@ def test_gradients_flow_to_the_input():
     x = torch.randn(1, 3, 4, 4, requires_grad=True)
     d.x0(x, 10).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_training_loss_formula_and_shared_t():
+    from diffrestore.diffusion.schedules import alphas_cumprod as _ac
+
+    net = _Net().requires_grad_(False)
+    d = Denoiser(net, linear_betas(1000), learned_sigma=True)
+    x0 = torch.randn(3, 3, 4, 4)
+    noise = torch.randn(3, 3, 4, 4)
+    t = torch.tensor([5, 400, 999])
+    ab = torch.from_numpy(_ac(linear_betas(1000)))[t]
+    xt = ab.sqrt().float().view(-1, 1, 1, 1) * x0 + (1 - ab).sqrt().float().view(-1, 1, 1, 1) * noise
+    hand = ((0.5 * xt + t.float().view(-1, 1, 1, 1) / 1000) - noise).pow(2).mean(dim=(1, 2, 3))
+    per = d.training_loss(x0, t, noise=noise, reduction="none")
+    assert torch.allclose(per, hand, atol=1e-6)
+    assert torch.allclose(d.training_loss(x0, t, noise=noise), hand.mean())
+    d.training_loss(x0, 7, noise=noise)  # one shared t for the batch
+    assert net.seen[-1].tolist() == [7.0, 7.0, 7.0]
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert torch.equal(d.training_loss(x0, generator=g1), d.training_loss(x0, generator=g2))
+    with pytest.raises(ValueError):
+        d.training_loss(x0, torch.tensor([1, 2]))
+
+
+def test_copy_for_adaptation_is_private():
+    net = _Net()
+    d = Denoiser(net, linear_betas(1000), class_labels=1)
+    c = d.copy_for_adaptation()
+    assert c.net is not net and c.class_labels == 1 and c.learned_sigma == d.learned_sigma
+    with torch.no_grad():
+        c.net.w.add_(1.0)
+    assert net.w.item() == 0.5
+    assert d.with_net(net).net is net

@@ -105,6 +105,7 @@ def restore(
     sigma_y: float = 0.0,
     progress: bool | Callable[[Any], None] = False,
     on_plan: Callable[[Any], None] | None = None,
+    executor: Any = None,
     **options: Any,
 ) -> RestoreResult:
     """Restore an observation ``y`` (``[1, C, h, w]`` in [0, 1], an image path or a ``.npy`` path) of any
@@ -117,10 +118,13 @@ def restore(
     Returns a ``RestoreResult``; ``info`` holds the plan, network calls, seconds, ``consistency_rms`` (RMS
     of A x − y in [0, 1] units, before clamping) and the tiles' ``seam_score``. ``batch`` only changes
     speed and memory: the result is the same for every batch (per-tile noise streams), up to rounding.
+    ``executor`` (``tiling.distributed.TorchDistributed()`` under torchrun) spreads each wave's tiles over
+    processes; the result is bit-identical to one process.
     """
     from diffrestore.methods.base import Observation, all_option_fields, get_method
     from diffrestore.operators.factory import make_operator
     from diffrestore.progress import tqdm_bar
+    from diffrestore.tiling.distributed import use_executor
     from diffrestore.tiling.msr import bound
 
     cls = get_method(method)
@@ -154,7 +158,8 @@ def restore(
 
     t0 = time.perf_counter()
     prog = tqdm_bar() if progress is True else (progress or None)
-    run = meth.run(obs, on_plan=on_plan, progress=prog)
+    with use_executor(executor):
+        run = meth.run(obs, on_plan=on_plan, progress=prog)
     x01 = Observation.to_file_units(run.x)
     seconds = time.perf_counter() - t0
     used = run.op if run.op is not None else obs.op  # blind methods report against their estimate

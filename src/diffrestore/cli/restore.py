@@ -26,10 +26,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--float", dest="write_float", action="store_true",
                    help="also write the unclamped float result as OUT.npy")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--distributed", action="store_true",
+                   help="under torchrun: split each wave's tiles over the processes (gloo on CPU, nccl on "
+                        "GPUs, one per GPU); rank 0 writes OUT; the result equals one process's")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not getattr(args, "distributed", False):
+        return _run(args)
+    from diffrestore.distributed import launched
+    from diffrestore.tiling.distributed import TorchDistributed
+
+    device = str(method_options(args).get("device", "cpu"))
+    with launched(device, required=True) as launch:
+        if hasattr(args, "device"):
+            args.device = launch.device(device)
+        return _run(args, lead=launch.lead, executor=TorchDistributed())
+
+
+def _run(args: argparse.Namespace, lead: bool = True, executor: Any = None) -> int:
     from diffrestore.api import read_observation, restore
     from diffrestore.io.images import write_float, write_image
 
@@ -54,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     def on_plan(summary: Any) -> None:
         # the header waits until the model is loaded and the tiles are checked: a bad input gets one line
+        if not lead:
+            return
         if not announced:
             announced.append(True)
             print(f"diffrestore: {args.input} ({y.shape[-1]}x{y.shape[-2]}) -> task {args.task} {_fmt(opts)}",
@@ -61,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"plan: {summary.describe()}", file=sys.stderr)
 
     res = restore(y, None if op is not None else args.task, op=op, method=args.method, sigma_y=args.sigma_y,
-                  progress=not args.quiet, on_plan=on_plan, **method_options(args), **opts)
+                  progress=not args.quiet and lead, on_plan=on_plan, executor=executor,
+                  **method_options(args), **opts)
+    if not lead:  # every rank holds the full result; one writes it
+        return 0
     if args.write_float:  # the float first: if the image write then fails, no PNG claims a finished run
         write_float(float_path, res.x)
     kernel = res.info.pop("kernel", None)

@@ -4,15 +4,21 @@ Why a wrapper: every method (DDNM, MSR/HiR, SHRED, ADIR) needs the same three th
 abar at a timestep — and must not care whether the net learns sigma, is class-conditional or runs in
 half precision. Gradients are left alone (no ``torch.no_grad`` here): SHRED back-propagates through
 whole DDIM chains and ADIR through x0, so the caller decides.
+
+The training loss lives here too (``training_loss``) so that prior training and ADIR's test-time
+adaptation optimise exactly the same objective, and ``copy_for_adaptation`` gives adapters a private copy
+of the network: the registry hands out one cached Denoiser per model, which must never change.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
 from torch import nn
 
-from diffrestore.diffusion.schedules import ddnm_alphas_cumprod
+from diffrestore.diffusion.schedules import alphas_cumprod, ddnm_alphas_cumprod
 
 __all__ = ["Denoiser"]
 
@@ -48,6 +54,57 @@ class Denoiser:
         self.learned_sigma = learned_sigma
         self.class_labels = class_labels
         self._abar = ddnm_alphas_cumprod(self.betas)  # [T + 1], entry t + 1 = abar(t)
+        # q_sample tables as guided-diffusion (and our prior trainer) build them: float64, then float32
+        ab64 = torch.from_numpy(alphas_cumprod(self.betas))
+        self._sqrt_ab = ab64.sqrt().float()
+        self._sqrt_1mab = (1.0 - ab64).sqrt().float()
+
+    def with_net(self, net: nn.Module) -> Denoiser:
+        """The same schedule / sigma / class settings around another network (e.g. an adapted copy)."""
+        return Denoiser(net, self.betas, learned_sigma=self.learned_sigma, class_labels=self.class_labels)
+
+    def copy_for_adaptation(self) -> Denoiser:
+        """A Denoiser over a deep COPY of the network: fine-tuning or LoRA injection on it can never touch
+        the (cached, shared) original. Parameters keep their dtype/device; ``requires_grad`` is left to
+        the adapter."""
+        return self.with_net(copy.deepcopy(self.net))
+
+    def training_loss(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor | int | None = None,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
+        """The DDPM epsilon-prediction loss ``|eps - eps_theta(sqrt(ab) x0 + sqrt(1-ab) eps, t)|^2``.
+
+        ``x0`` is a clean batch in [-1, 1]. ``t``: ORIGINAL timesteps ``[B]`` (or one int for the whole
+        batch, ADIR's "one shared t per batch"); None draws one uniform t per sample from ``generator``
+        (CPU draws, so a seeded run is device independent). ``noise``: the eps to add, else drawn from
+        ``generator`` after t. The network sees float timesteps; the loss is computed in float32 (also
+        under autocast). ``reduction``: ``"mean"`` (scalar) or ``"none"`` (per-sample ``[B]``).
+        """
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        b = x0.shape[0]
+        if t is None:
+            t = torch.randint(0, self.num_timesteps, (b,), generator=generator)
+        t = torch.as_tensor(t).reshape(-1).long().cpu()
+        if t.numel() == 1:
+            t = t.expand(b)
+        if t.numel() != b or (t < 0).any() or (t >= self.num_timesteps).any():
+            raise ValueError(f"need {b} timesteps in 0..{self.num_timesteps - 1}")
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        shape = (-1,) + (1,) * (x0.dim() - 1)
+        ca = self._sqrt_ab[t].to(x0.device).view(shape)
+        cb = self._sqrt_1mab[t].to(x0.device).view(shape)
+        x_t = ca * x0 + cb * noise
+        pred = self.eps(x_t, t.to(x0.device))
+        per = (pred.float() - noise.float()).pow(2).mean(dim=tuple(range(1, x0.dim())))
+        return per.mean() if reduction == "mean" else per
 
     def _t(self, t: torch.Tensor | float | int, x_t: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=x_t.device).reshape(-1)

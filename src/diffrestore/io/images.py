@@ -14,8 +14,10 @@ never leaves a half-written output.
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -248,4 +250,52 @@ def write_float(path: str | os.PathLike, x: torch.Tensor) -> Path:
                 np.save(f, arr)
         except OSError as e:
             raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
+
+
+def is_16bit(path: str | os.PathLike) -> bool:
+    """Whether an image file stores 16 bits per sample (so a result can be offered at 16 bits too)."""
+    path = Path(path)
+    im = _open(path, "image")
+    with im:
+        if im.mode.startswith("I;16"):
+            return True
+        tile = (getattr(im, "tile", None) or [None])[0]
+        args = getattr(tile, "args", None) if tile is not None else None
+        raw = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else "")
+        return isinstance(raw, str) and ";16" in raw
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def write_png16(path: str | os.PathLike, x01: torch.Tensor) -> Path:
+    """Write a [0, 1] image as a 16-bit PNG (RGB or grey), atomically.
+
+    Why by hand: Pillow writes 16-bit PNGs for single-channel images only; a 16-bit RGB input deserves a
+    16-bit RGB result (``read_image`` reads it back at full precision). The encoder is the plain PNG
+    layout: IHDR, one zlib IDAT of filter-0 scanlines of big-endian samples, IEND.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"a 16-bit image is written as .png, not {path.suffix or '(none)'!r}: {path}")
+    x = x01.detach().to("cpu", torch.float32)
+    x = x[0] if x.dim() == 4 else (x[None] if x.dim() == 2 else x)
+    if x.dim() != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"write_png16 expects [1,C,H,W], [C,H,W] or [H,W], C 1 or 3; got {tuple(x01.shape)}")
+    x = torch.nan_to_num(x, nan=0.0).clamp(0.0, 1.0)
+    a = np.round(x.permute(1, 2, 0).numpy().astype(np.float64) * 65535.0)
+    a = np.ascontiguousarray(a.astype(">u2"))
+    h, w, c = a.shape
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), a.view(np.uint8).reshape(h, w * c * 2)], axis=1)
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2 if c == 3 else 0, 0, 0, 0)
+    data = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+    with atomic_path(path) as tmp:
+        try:
+            Path(tmp).write_bytes(data)
+        except OSError as e:
+            raise UserError(f"cannot write image {path}: {e.strerror or e}") from None
     return path

@@ -39,7 +39,14 @@ from diffrestore.diffusion.samplers import ddnm_official_step, ddnm_scalars, for
 from diffrestore.diffusion.schedules import ddnm_transitions
 from diffrestore.errors import UserError
 from diffrestore.methods.base import Method, Observation, Prior, register
-from diffrestore.methods.options import ModelOptions, RunOptions, SamplingOptions, TilingOptions, option
+from diffrestore.methods.options import (
+    ModelOptions,
+    RunOptions,
+    SamplingOptions,
+    TilingOptions,
+    WarmStartOptions,
+    option,
+)
 from diffrestore.progress import StepCallback
 from diffrestore.tiling.runner import TileContext
 
@@ -215,10 +222,6 @@ class DDNMOptions:
     eta: float | None = option(None, "DDIM eta (default: the model card's, else 0.85)", minimum=0, maximum=1)
     travel: tuple[int, int] = option((1, 1), "time travel: length L, repeat R (1,1 = none)", metavar="L,R",
                                      minimum=1)
-    start_t: int | None = option(
-        None, "warm start: begin at timestep T from A+y noised to that level (not in the DDNM paper; "
-        "default: the model card's where A+y observes a flat image, -1 = from pure noise)",
-        flag="--start", metavar="T")
 
 
 class DDNMSolver:
@@ -253,7 +256,7 @@ class DDNM(Method):
     name = "ddnm"
     label = "DDNM"
     description = "DDNM / DDNM+ (range-null-space) with Mask-Shift and Hierarchical Restoration"
-    groups = (ModelOptions, SamplingOptions, TilingOptions, RunOptions)
+    groups = (ModelOptions, SamplingOptions, WarmStartOptions, TilingOptions, RunOptions)
     Options = DDNMOptions
 
     def load(self) -> Prior:
@@ -270,12 +273,7 @@ class DDNM(Method):
         if steps > prior.denoiser.num_timesteps:
             raise UserError(f"steps {steps} exceeds the model's {prior.denoiser.num_timesteps} timesteps")
         eta = float(card.get("sampling_eta", 0.85) if o.eta is None else o.eta)
-        start_t = o.start_t
-        if start_t is None and _pinv_keeps_constants(obs.op, obs.x_shape):
-            # the card's warm start only where A⁺y is already a photo-like image (SR, denoising,
-            # colourisation, deblurring); for inpainting / CS A⁺y has zeros in the holes
-            start_t = card.get("sampling_start")
-        start_t = None if start_t is None or int(start_t) < 0 else int(start_t)
+        start_t = self.group(WarmStartOptions).resolve(prior, obs)
         return {"steps": steps, "eta": eta, "travel": tuple(o.travel), "start_t": start_t}
 
     def solver(self, prior: Prior, obs: Observation) -> DDNMSolver:
@@ -287,10 +285,3 @@ class DDNM(Method):
         # noise-free data: a whole-image projection onto A x = y, which MSR alone cannot give for
         # operators wider than a pixel block (bicubic SR, blur); a no-op up to rounding for the others
         return obs.sigma == 0
-
-
-def _pinv_keeps_constants(op: Any, x_shape: Sequence[int]) -> bool:
-    """``A⁺A 1 = 1``: the operator observes a flat image everywhere (no holes, no missing coefficients)."""
-    op = op.to(device="cpu") if hasattr(op, "to") else op
-    ones = torch.ones(tuple(int(v) for v in x_shape))
-    return bool(torch.allclose(op.pinv(op.A(ones)), ones, atol=1e-3))

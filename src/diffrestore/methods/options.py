@@ -30,6 +30,7 @@ __all__ = [
     "RunOptions",
     "SamplingOptions",
     "TilingOptions",
+    "WarmStartOptions",
     "add_arguments",
     "build",
     "fields_of",
@@ -250,3 +251,30 @@ class SamplingOptions:
 
     steps: int | None = option(None, "sampling steps (default: the model card's, else the method's)",
                                minimum=1)
+
+
+@dataclass
+class WarmStartOptions:
+    """Warm start of a diffusion sampler (not in the papers; SDEdit/CCDF-style)"""
+
+    start_t: int | None = option(
+        None, "begin at timestep T from A+y noised to that level (default: the model card's where A+y "
+        "observes a flat image, -1 = from pure noise)", flag="--start", metavar="T", minimum=-1)
+
+    def resolve(self, prior: Any, obs: Any) -> int | None:
+        """The start timestep: the user's, else the model card's where ``A⁺A 1 = 1`` (A⁺y is already a
+        photo-like image: SR, denoising, colourisation, deblurring; not inpainting / CS, whose A⁺y has
+        zeros in the holes), else None (pure noise)."""
+        start = self.start_t
+        if start is None and pinv_keeps_constants(obs.op, obs.x_shape):
+            start = prior.defaults.get("sampling_start")
+        return None if start is None or int(start) < 0 else int(start)
+
+
+def pinv_keeps_constants(op: Any, x_shape: Sequence[int]) -> bool:
+    """``A⁺A 1 = 1``: the operator observes a flat image everywhere (no holes, no missing coefficients)."""
+    import torch
+
+    op = op.to(device="cpu") if hasattr(op, "to") else op
+    ones = torch.ones(tuple(int(v) for v in x_shape))
+    return bool(torch.allclose(op.pinv(op.A(ones)), ones, atol=1e-3))

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from diffrestore.diffusion.noise import Stream
 from diffrestore.progress import Event, Ticker
+from diffrestore.tiling.distributed import WaveExecutor, current_executor
 from diffrestore.tiling.plan import Box, TilePlan, waves
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "TileProblem",
     "TileSolver",
     "blend_weights",
+    "masked_mse",
     "pad_tile",
     "plan_summary",
     "run_tiles",
@@ -90,15 +92,25 @@ class TileContext:
         """HiR's low-frequency projection (identity outside HiR phase 2)."""
         return x0 if self.low is None else self.low(x0, step)
 
-    def overlap_loss(self, x0: torch.Tensor) -> torch.Tensor:
-        """MSR as a loss (METHODS §3.4): Σ_tiles ‖M_k ⊙ (x0 − x_prev)‖² / max(1, ΣM_k) (sum over tiles).
+    def overlap_loss(self, x0: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+        """MSR as a loss (METHODS §3.4): ``‖M_k ⊙ (x0 − x_prev)‖² / max(1, ΣM_k)`` per tile.
 
-        Per-tile normalisation by its known-pixel count, summed over tiles, so batched optimisation
-        equals per-tile runs (Adam sees the same gradient scale).
+        ``reduction="sum"`` sums the per-tile terms (batched optimisation then equals per-tile runs),
+        ``"none"`` returns them ``[B]`` (per-tile stopping).
         """
-        m = self.known.to(x0.dtype).expand_as(x0)
-        diff = (m * (x0 - self.finished.to(x0.dtype))) ** 2
-        return (diff.flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)).sum()
+        return masked_mse(x0, self.known, self.finished, reduction)
+
+
+def masked_mse(x0: torch.Tensor, known: torch.Tensor, finished: torch.Tensor,
+               reduction: str = "sum") -> torch.Tensor:
+    """Per-sample ``‖M ⊙ (x0 − finished)‖² / max(1, count(M))`` (M broadcast to x0; 0 with no known pixel)."""
+    m = known.to(x0.dtype).expand_as(x0)
+    per = (m * (x0 - finished.to(x0.dtype))).square().flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
+    if reduction == "none":
+        return per
+    if reduction != "sum":
+        raise ValueError(f"reduction must be 'sum' or 'none', got {reduction!r}")
+    return per.sum()
 
 
 class TileSolver(Protocol):
@@ -330,6 +342,7 @@ def run_tiles(
     progress: Callable[[Event], None] | None = None,
     phase: str = "",
     dtype: torch.dtype = torch.float32,
+    executor: WaveExecutor | None = None,
 ) -> torch.Tensor:
     """Restore the whole image tile by tile; returns ``[1, C, H, W]``.
 
@@ -338,6 +351,11 @@ def run_tiles(
     wave), the canvas is their ``blend_weights``-weighted average. ``streams(i)`` names tile i's noise
     stream (default: its raster index), so a tile's draws do not depend on order or batching. Progress
     events count network calls. Memory: the canvas (image size) plus one tile batch.
+
+    ``executor`` (default: ``tiling.distributed.current_executor()``) runs each wave's batches, e.g. over
+    torch.distributed ranks; the canvas is then written in the same order, so the result is bit-identical.
+    Sequential solvers and overlapping tiles of one wave (``"independent"`` order with the ``"first"`` rule)
+    always run here.
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
@@ -356,22 +374,38 @@ def run_tiles(
         w_tile = blend_weights(P, plan.overlap, device).to(dtype)
     ticker = Ticker(progress, phase, solver.calls_per_tile * sum(len(w) for w in sched), unit="call",
                     warmup=solver.calls_per_tile * len(sched[0]) if order == "waves" else 0)
+    if executor is None:
+        executor = current_executor()
+    if getattr(solver, "sequential", False) or (order == "independent" and rule == "first"):
+        executor = None  # state carried across tiles / tiles of one wave that overlap: this process only
     tiles_done = 0
+
+    def inputs(idx: list[int]) -> tuple[list[Box], torch.Tensor, torch.Tensor]:
+        boxes = [plan.box(i) for i in idx]
+        if rule == "first":
+            x_prev = torch.cat([X[:, :, b.top : b.top + P, b.left : b.left + P] for b in boxes])
+            mask = torch.stack([done[b.top : b.top + P, b.left : b.left + P] for b in boxes])[:, None]
+        else:
+            x_prev = X.new_zeros(len(idx), channels, P, P)
+            mask = torch.zeros(len(idx), 1, P, P, dtype=torch.bool, device=device)
+        return boxes, x_prev, mask
+
+    def solve(idx: list[int]) -> torch.Tensor:
+        boxes, x_prev, mask = inputs(idx)
+        op_k, y_k = problem.tile(plan, idx)
+        ctx = TileContext(op_k, y_k, sigma=problem.sigma, shape=(len(idx), channels, P, P),
+                          streams=[stream_of(i) for i in idx], known=mask, finished=x_prev,
+                          low=problem.pre_correct(boxes) if problem.pre_correct is not None else None,
+                          boxes=boxes)
+        return solver(ctx).detach().to(dtype)
+
     for w_idx, wave in enumerate(sched):
-        for idx in wave:
-            boxes = [plan.box(i) for i in idx]
-            if rule == "first":
-                x_prev = torch.cat([X[:, :, b.top : b.top + P, b.left : b.left + P] for b in boxes])
-                mask = torch.stack([done[b.top : b.top + P, b.left : b.left + P] for b in boxes])[:, None]
-            else:
-                x_prev = X.new_zeros(len(idx), channels, P, P)
-                mask = torch.zeros(len(idx), 1, P, P, dtype=torch.bool, device=device)
-            op_k, y_k = problem.tile(plan, idx)
-            ctx = TileContext(op_k, y_k, sigma=problem.sigma, shape=(len(idx), channels, P, P),
-                              streams=[stream_of(i) for i in idx], known=mask, finished=x_prev,
-                              low=problem.pre_correct(boxes) if problem.pre_correct is not None else None,
-                              boxes=boxes)
-            out = solver(ctx).detach().to(dtype)
+        outs = None
+        if executor is not None:  # no tile of a wave reads another's pixels: solve all from this canvas
+            outs = executor.run_wave(wave, solve, lambda idx: X.new_empty(len(idx), channels, P, P))
+        for j, idx in enumerate(wave):
+            out = outs[j] if outs is not None else solve(idx)
+            boxes, x_prev, mask = inputs(idx)
             if rule == "first":
                 out = torch.where(mask, x_prev, out)
                 for b, o in zip(boxes, out):

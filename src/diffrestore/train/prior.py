@@ -28,14 +28,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import platform
-import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,11 +40,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffrestore.diffusion.schedules import alphas_cumprod, linear_betas
+from diffrestore.diffusion.denoiser import Denoiser
+from diffrestore.diffusion.schedules import linear_betas
 from diffrestore.errors import UserError
-from diffrestore.io.atomic import atomic_path
-from diffrestore.io.checkpoints import load_state_dict, save_state_dict
 from diffrestore.nets import build_network
+from diffrestore.train.common import (
+    CKPT_NAME,
+    LOG_NAME,
+    META_NAME,
+    STATE_NAME,
+    StopOnSignal,
+    autocast,
+    ema_update,
+    hardware_string,
+    init_weights,
+    load_run,
+    read_checkpoint,
+    resolve_precision,
+    run_meta_for,
+    save_run,
+    set_lr,
+)
 from diffrestore.train.data import CropSampler, find_images, load_images
 
 __all__ = [
@@ -64,11 +76,6 @@ __all__ = [
     "META_NAME",
     "LOG_NAME",
 ]
-
-CKPT_NAME = "ckpt.safetensors"  # "model.<key>" and "ema.<key>" (fp32)
-STATE_NAME = "state.pt"  # optimizer + RNG + counters: tensors and plain containers only (weights_only load)
-META_NAME = "train.json"
-LOG_NAME = "log.csv"
 
 # Fixed ADM constructor arguments for our prior (3 channels in and out, no classes, no legacy options).
 _ADM_BASE: dict[str, Any] = {
@@ -191,123 +198,14 @@ class TrainConfig:
     )
 
 
-def hardware_string(device: torch.device, threads: int) -> str:
-    """Human-readable description of where steps ran (CPU model or GPU name) for the model card."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    name = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} CPU, {threads} torch thread(s) of {os.cpu_count()} cores"
-
-
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` picks bf16 where the hardware does it natively (measured much faster), else fp32."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise UserError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        ok = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        return "bf16" if ok else "fp32"
-    return "fp32"
-
-
-def _autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=1, default=str) + "\n")
-
-
-def read_checkpoint(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """``(model_sd, ema_sd, train_json)`` of a run folder (fp32 CPU tensors)."""
-    run = Path(run_dir).expanduser()
-    ckpt, meta = run / CKPT_NAME, run / META_NAME
-    if not ckpt.is_file() or not meta.is_file():
-        raise UserError(f"{run} is not a training run folder (no {CKPT_NAME} / {META_NAME})")
-    sd = load_state_dict(ckpt)
-    model = {k[6:]: v for k, v in sd.items() if k.startswith("model.")}
-    ema = {k[4:]: v for k, v in sd.items() if k.startswith("ema.")}
-    if not model or not ema:
-        raise UserError(f"{ckpt} lacks model./ema. weights")
-    return model, ema, json.loads(meta.read_text())
-
-
-def _init_weights(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any]]:
-    """Weights to start from (EMA if the file has them), plus the config/training info of a sibling
-    ``prior.json`` (an exported prior) so the architecture need not be repeated on the command line."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / CKPT_NAME if (p / CKPT_NAME).is_file() else p / "prior.safetensors"
-    sd = load_state_dict(p)
-    if any(k.startswith("ema.") for k in sd):
-        sd = {k[4:]: v for k, v in sd.items() if k.startswith("ema.")}
-    info: dict[str, Any] = {}
-    config = None
-    for cand in (p.with_suffix(".json"), p.parent / "prior.json", p.parent / META_NAME):
-        if cand.is_file():
-            info = json.loads(cand.read_text())
-            config = info.get("model_config") or info.get("config")  # train.json / prior.json
-            break
-    return {k: v.float() for k, v in sd.items()}, config, info
-
-
-class _Stop:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and exits cleanly."""
-
-    def __init__(self) -> None:
-        self.flag = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _Stop:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread (e.g. some test runners): no handling
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.flag:  # second signal: give up immediately
-            raise KeyboardInterrupt
-        self.flag = True
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for g in opt.param_groups:
-        g["lr"] = lr
-
-
 def train_prior(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns the final ``train.json`` content.
 
     ``on_step(step, loss)`` is called after every optimizer step (tests use it to compare runs).
     """
     run = Path(cfg.out).expanduser()
-    has_ckpt = (run / STATE_NAME).is_file() and (run / CKPT_NAME).is_file() and (run / META_NAME).is_file()
-    meta: dict[str, Any]
-    if has_ckpt and not cfg.resume:
-        raise UserError(
-            f"{run} already holds a training run; pass --resume to continue it or pick another --out"
-        )
-    if cfg.resume and has_ckpt:
-        meta = json.loads((run / META_NAME).read_text())
+    meta: dict[str, Any] = run_meta_for(run, cfg.resume, cfg.init_from)
+    if meta:
         saved = dict(meta["config"])
         for k in TrainConfig.RESUMABLE_OVERRIDES:
             saved[k] = getattr(cfg, k)
@@ -315,10 +213,6 @@ def train_prior(cfg: TrainConfig, on_step: Callable[[int, float], None] | None =
         saved["out"] = str(run)
         saved["init_from"] = None
         cfg = TrainConfig(**saved)
-    else:
-        if cfg.resume and not cfg.init_from:
-            raise UserError(f"--resume: no checkpoint in {run} (pass --init-from PATH to start from weights)")
-        meta = {}
 
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -326,12 +220,12 @@ def train_prior(cfg: TrainConfig, on_step: Callable[[int, float], None] | None =
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     threads = torch.get_num_threads()
-    precision = _resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device)
 
     init_sd: dict[str, torch.Tensor] | None = None
     init_info: dict[str, Any] = {}
     if not meta and cfg.init_from:
-        init_sd, init_config, init_info = _init_weights(cfg.init_from)
+        init_sd, init_config, init_info = init_weights(cfg.init_from)
         if init_config is not None:
             cfg.arch = dict(init_config)
     if not meta:
@@ -366,29 +260,14 @@ def train_prior(cfg: TrainConfig, on_step: Callable[[int, float], None] | None =
     opt_steps = 0
     segments: list[dict[str, Any]] = []
     if meta:
-        model_sd, ema_sd, _ = read_checkpoint(run)
-        model.load_state_dict(model_sd, strict=True)
-        with torch.no_grad():
-            for n, e in zip(names, ema):
-                e.copy_(ema_sd[n])
-        state = torch.load(run / STATE_NAME, map_location="cpu", weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"])
-        step, opt_steps = int(state["step"]), int(state["opt_steps"])
-        if int(meta["step"]) != step:
-            raise UserError(
-                f"{run}: {STATE_NAME} (step {step}) and {META_NAME} (step {meta['step']}) disagree"
-            )
+        step, opt_steps = load_run(run, model, names, ema, opt, gen, meta)
         segments = list(meta.get("segments", []))
     elif init_info:
         tr = init_info.get("training", init_info)
         step = int(tr.get("steps", tr.get("step", 0)) or 0)
         segments = list(tr.get("segments", []))
 
-    betas = torch.tensor(linear_betas(cfg.diffusion_steps), dtype=torch.float64)
-    abar = torch.tensor(alphas_cumprod(betas.numpy()), dtype=torch.float64)
-    sqrt_ab = abar.sqrt().float()
-    sqrt_1mab = (1.0 - abar).sqrt().float()
+    den = Denoiser(model, linear_betas(cfg.diffusion_steps), learned_sigma=False)
     n_params = sum(p.numel() for p in params)
 
     run.mkdir(parents=True, exist_ok=True)
@@ -417,17 +296,6 @@ def train_prior(cfg: TrainConfig, on_step: Callable[[int, float], None] | None =
         seg["images"] = (step - seg["start_step"]) * cfg.batch
         seg["wall_hours"] = (time.perf_counter() - t_start) / 3600.0
         seg["ended"] = datetime.now(UTC).isoformat(timespec="seconds")
-        torch.save(
-            {"optimizer": opt.state_dict(), "rng": gen.get_state(), "step": step, "opt_steps": opt_steps},
-            run / (STATE_NAME + ".tmp"),
-        )
-        os.replace(run / (STATE_NAME + ".tmp"), run / STATE_NAME)
-        sd: dict[str, torch.Tensor] = {}
-        for k, v in model.state_dict().items():
-            sd["model." + k] = v.detach().float().cpu()
-        for n, e in zip(names, ema):
-            sd["ema." + n] = e.cpu()
-        save_state_dict(sd, run / CKPT_NAME)
         out = {
             "family": "adm_unet",
             "config": asdict(cfg) | {"model_config": model_config},
@@ -442,7 +310,7 @@ def train_prior(cfg: TrainConfig, on_step: Callable[[int, float], None] | None =
             "segments": segments,
             "argv": sys.argv,
         }
-        _atomic_json(out, run / META_NAME)
+        save_run(run, model, names, ema, opt, gen, step, opt_steps, out)
         meta.clear()
         meta.update(out)
 
@@ -480,10 +348,10 @@ def train_prior(cfg: TrainConfig, on_step: Callable[[int, float], None] | None =
     win_steps = 0
     smooth = float("nan")
     gnorm = float("nan")
-    amp = _autocast(precision, device)
+    amp = autocast(precision, device)
     model.train()
     try:
-        with _Stop() as stop:
+        with StopOnSignal() as stop:
             while step < cfg.steps and not stop.flag:
                 x0 = sampler.sample(cfg.batch, gen)
                 t = torch.randint(0, cfg.diffusion_steps, (cfg.batch,), generator=gen)
@@ -493,15 +361,14 @@ def train_prior(cfg: TrainConfig, on_step: Callable[[int, float], None] | None =
                     t_low = torch.randint(0, hi, (cfg.batch,), generator=gen)
                     t = torch.where(low, t_low, t)
                 noise = torch.randn(x0.shape, generator=gen)
-                xt = sqrt_ab[t].view(-1, 1, 1, 1) * x0 + sqrt_1mab[t].view(-1, 1, 1, 1) * noise
-                xt, noise, td = xt.to(device), noise.to(device), t.to(device)
+                x0, noise = x0.to(device), noise.to(device)
                 if channels_last:
-                    xt = xt.contiguous(memory_format=torch.channels_last)
+                    x0 = x0.contiguous(memory_format=torch.channels_last)
+                    noise = noise.contiguous(memory_format=torch.channels_last)
                 lr = cfg.lr * min(1.0, (opt_steps + 1) / max(1, cfg.warmup))
-                _set_lr(opt, lr)
-                with amp:
-                    pred = model(xt, td)
-                per = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+                set_lr(opt, lr)
+                with amp:  # the same loss ADIR's adaptation optimises (Denoiser.training_loss)
+                    per = den.training_loss(x0, t, noise=noise, reduction="none")
                 loss = per.mean()
                 lv = float(loss.detach())
                 if not math.isfinite(lv):  # before the update: the last checkpoint stays usable
@@ -515,9 +382,7 @@ def train_prior(cfg: TrainConfig, on_step: Callable[[int, float], None] | None =
                 opt.step()
                 opt_steps += 1
                 step += 1
-                with torch.no_grad():
-                    decay = min(cfg.ema, (1.0 + step) / (10.0 + step))
-                    torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1.0 - decay)
+                ema_update(ema, params, step, cfg.ema)
                 win_loss.append(lv)
                 lowm = t.cpu() < cfg.t_low_max
                 if bool(lowm.any()):
