@@ -78,3 +78,27 @@ def test_adir_adapted_restore_leaves_the_cached_prior_unchanged(model_kw: dict[s
     assert (plain.x - a.x).abs().max() > 1e-6  # the adapter changed the prior used
     with pytest.raises(UserError, match="needs --neighbours"):
         restore(y, "sr", scale=2, method="adir", adapt="knn", **model_kw)
+
+
+def test_resshift_blends_tiles_and_keeps_the_official_chopping(refs_dir: Path, tmp_path: Path) -> None:
+    """ResShift through the tiling layer (blend rule, LQ crops per tile) and the official plain averaging."""
+    import json
+
+    d = refs_dir / "nets" / "resshift_swinunet_small"
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["diffusion"] = {"type": "resshift", "steps": 4, "kappa": 2.0, "min_noise_level": 0.2,
+                        "etas_end": 0.99, "power": 0.3, "latent": False, "sf": 4}
+    (tmp_path / "rs.json").write_text(json.dumps(cfg))
+    kw = dict(method="resshift", model=str(d / "weights.safetensors"), config=str(tmp_path / "rs.json"),
+              tile=32)
+    y = torch.rand(1, 3, 12, 20, generator=torch.Generator().manual_seed(0))
+    a = restore(y, "sr", scale=4, batch=2, **kw)
+    b = restore(y, "sr", scale=4, batch=6, **kw)
+    assert a.image.shape == (1, 3, 48, 80) and a.info["phases"][0]["tiles"] == 6
+    torch.testing.assert_close(a.x, b.x, atol=1e-5, rtol=0)  # batching does not change a tile's draws
+    off = restore(y, "sr", scale=4, chop="official", **kw)
+    assert off.image.shape == (1, 3, 48, 80) and off.info["chop"] == "official"
+    with pytest.raises(UserError, match="super-resolution only"):
+        restore(torch.rand(1, 3, 16, 16), "denoise", **kw)
+    with pytest.raises(UserError, match="is x4"):
+        restore(y, "sr", scale=2, **kw)

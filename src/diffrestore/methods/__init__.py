@@ -5,7 +5,7 @@ is one module here that defines its options and solver and decorates its class w
 one import line below.
 """
 
-from diffrestore.methods import adir, ddnm, ddnm_hq, shred  # noqa: F401  (registration)
+from diffrestore.methods import adir, ddnm, ddnm_hq, resshift, shred  # noqa: F401  (registration)
 from diffrestore.methods.base import METHODS, Method, Observation, Prior, get_method, register
 
 __all__ = ["METHODS", "Method", "Observation", "Prior", "get_method", "register"]

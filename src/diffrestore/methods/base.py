@@ -115,6 +115,9 @@ class Method:
     needs_grad: ClassVar[bool] = False
     #: Whether the method can estimate an unknown operator (blind deblurring, ``op.blind``).
     blind_capable: ClassVar[bool] = False
+    #: Default tile overlap as a fraction of the tile (None: the tiling layer's, half a tile). Blending
+    #: methods need less overlap than MSR: nothing is pinned, the ramp only has to hide the joins.
+    overlap_fraction: ClassVar[float | None] = None
 
     def __init__(self, *groups: Any) -> None:
         by_type = {type(g): g for g in groups}
@@ -226,8 +229,11 @@ class Method:
 
         grad = torch.enable_grad() if self.needs_grad else torch.no_grad()
         with grad:
+            overlap = self.tiling.overlap
+            if overlap is None and self.overlap_fraction is not None:
+                overlap = int(P * self.overlap_fraction) // prior.multiple * prior.multiple
             x = restore_tiled(solver, op, obs.y, sigma=obs.sigma, x_shape=obs.x_shape, tile=P,
-                              overlap=self.tiling.overlap, batch=int(self.tiling.batch),
+                              overlap=overlap, batch=int(self.tiling.batch),
                               hierarchical=bool(self.tiling.hierarchical),
                               factor=int(self.tiling.hir_factor or 2), plan=plan, rule=self.rule,
                               final_projection=self.final_projection(obs), on_plan=announce,

@@ -40,6 +40,7 @@ from diffrestore.io.checkpoints import load_into
 from diffrestore.methods.resshift_sampler import resshift_chopped, upsample_lq
 from diffrestore.nets import build_network
 from diffrestore.train.common import (
+    CKPT_NAME,
     LOG_NAME,
     StopOnSignal,
     autocast,
@@ -475,7 +476,7 @@ def train_resshift(
                     save()
                     last_ckpt = time.perf_counter()
             stopped = stop.flag
-        if step > seg["start_step"] or not (run / "ckpt.safetensors").exists():
+        if step > seg["start_step"] or not (run / CKPT_NAME).exists():
             save()
     finally:
         if bar is not None:
