@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from needs import require
 
 from diffrestore.diffusion.denoiser import Denoiser
@@ -30,3 +32,14 @@ def denoiser(refs_dir: Path) -> Denoiser:
     net = build_network(cfg["family"], cfg["config"])
     load_into(net, d / "weights.safetensors")
     return Denoiser(net.eval(), linear_betas(1000), learned_sigma=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny networks run fastest on one thread (extra threads only spin on a shared, loaded CPU), and a
+    single-process reference computed with one thread matches torchrun's OMP_NUM_THREADS=1 bit for bit.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

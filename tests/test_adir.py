@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import TINY_ADM as TINY
 
 from diffrestore.cli.main import main
 from diffrestore.diffusion.denoiser import Denoiser
@@ -26,20 +27,7 @@ from diffrestore.nets.adm import build_unet
 from diffrestore.nets.lora import load_lora_file, save_lora
 from diffrestore.operators.sr import AvgPoolSR
 
-TINY = {
-    "image_size": 8, "in_channels": 3, "model_channels": 32, "out_channels": 3, "num_res_blocks": 1,
-    "attention_resolutions": [2], "channel_mult": [1, 2], "num_head_channels": 32,
-    "use_scale_shift_norm": True, "resblock_updown": True,
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is ~10x faster than two on a shared CPU (no OpenMP spin-waiting)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _den(seed: int = 0) -> Denoiser:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_ADM as TINY
 from torch import nn
 
 from diffrestore.errors import UserError
@@ -27,20 +28,7 @@ from diffrestore.nets.lora import (
     unmerge_lora,
 )
 
-TINY = {
-    "image_size": 8, "in_channels": 3, "model_channels": 32, "out_channels": 3, "num_res_blocks": 1,
-    "attention_resolutions": [2], "channel_mult": [1, 2], "num_head_channels": 32,
-    "use_scale_shift_norm": True, "resblock_updown": True,
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is ~10x faster than two on a shared CPU (no OpenMP spin-waiting)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(seed: int = 0) -> nn.Module:
