@@ -152,7 +152,9 @@ def test_user_errors_exit_2(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFi
     cases = [
         ["--task", "sr", "--methods", "bicubic,nosuch"],
         ["--task", "nosuch", "--methods", "pinv"],
-        ["--task", "sr", "--methods", "shred,pinv"],  # registered, not implemented: said so
+        ["--task", "sr", "--methods", "shred,pinv", "--iters", "-1"],  # a method option out of range
+        ["--task", "sr", "--methods", "pinv", "--iters", "3"],  # an option no listed method takes
+        ["--task", "sr", "--methods", "adir", "--adapt", "knn"],  # knn without --neighbours
         ["--task", "sr", "--methods", "pinv", "--op", "nosuch=1"],
     ]
     for extra in cases:
@@ -163,8 +165,10 @@ def test_user_errors_exit_2(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFi
         assert not out.exists()
     capsys.readouterr()
     assert main(["eval", "--data", str(tmp_path / "missing"), "--task", "sr", "--out", str(out)]) == 2
-    assert "not implemented yet" in _err_of(["eval", "--data", str(tiny), "--task", "sr", "--methods",
-                                             "resshift", "--out", str(out)], capsys)
+    # a missing checkpoint is found before any image is restored (here: an official ResShift file)
+    assert "resshift-bicsr" in _err_of(["eval", "--data", str(tiny), "--task", "sr", "--methods",
+                                        "resshift", "--model", "resshift-bicsr", "--models-dir",
+                                        str(tmp_path / "none"), "--out", str(out)], capsys)
 
 
 def _err_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

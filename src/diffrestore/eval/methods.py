@@ -4,8 +4,8 @@ Why adapters: the harness must treat a zero-shot diffusion solver, a classical b
 pseudo-inverse alike — same observation in, image in [0, 1] out, plus what it cost — so that every row of
 ``results.csv`` is comparable. Each adapter also says *whether it applies* to a task (bicubic upsampling
 means nothing for inpainting): the runner skips and reports those instead of producing a meaningless row.
-Methods that the project will have but does not yet (``shred``, ``adir``, ``resshift``) are registered
-as such, so that asking for them gives a clear message rather than "unknown method".
+Every method registered in ``diffrestore.methods`` gets an adapter generated from its declarations;
+``_not_yet`` remains for announcing a planned method before it lands.
 """
 
 from __future__ import annotations
@@ -251,9 +251,6 @@ for _spec in (
                _run_biharmonic, _is_inpaint),
     MethodSpec("cbm3d", "CBM3D", "bm3d package, colour BM3D with the true sigma (denoise only)", _run_cbm3d,
                _is_noisy_denoise),
-    _not_yet("shred", "SHRED", "SHRED, zero-shot restoration by DDIM latent optimisation; planned"),
-    _not_yet("adir", "ADIR", "ADIR, adaptive diffusion for image reconstruction; planned"),
-    _not_yet("resshift", "ResShift", "ResShift x4 SR (its Swin-UNet + VQ autoencoder); planned"),
     *_registered(),
 ):
     register_method(_spec)

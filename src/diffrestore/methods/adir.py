@@ -439,15 +439,17 @@ class ADIR(Method):
     Options = ADIROptions
     needs_grad = True
 
-    def load(self) -> Prior:
-        from diffrestore.methods.prior import load_prior
-
-        m = self.model
+    def validate(self) -> None:
         o = self.group(ADIROptions)
         if o.adapt == "knn" and not o.neighbours:
             raise UserError("--adapt knn needs --neighbours DIR (a folder of photos) or an index file")
         if o.adapt != "none" and o.adapter:
             raise UserError("give either --adapter FILE (reuse) or --adapt self|knn (new adapters), not both")
+
+    def load(self) -> Prior:
+        from diffrestore.methods.prior import load_prior
+
+        m = self.model
         return load_prior(m.model, m.config, m.models_dir, self.device, self.dtype)
 
     def prepare(self, prior: Prior, obs: Observation, progress: Any = None) -> Prior:

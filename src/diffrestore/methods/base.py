@@ -147,7 +147,12 @@ class Method:
         for g in groups:
             if isinstance(g, TilingOptions) and g.hir_factor is not None and not g.hierarchical:
                 raise UserError("hir_factor (--hir-factor) needs hierarchical restoration (--hierarchical)")
-        return cls(*groups)
+        meth = cls(*groups)
+        meth.validate()
+        return meth
+
+    def validate(self) -> None:
+        """Cross-option checks of a configured method (``UserError``), before any file is read."""
 
     def group(self, cls: type) -> Any:
         return self._groups[cls]
