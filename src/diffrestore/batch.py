@@ -31,6 +31,7 @@ import torch
 
 from diffrestore.distributed import Launch
 from diffrestore.errors import UserError
+from diffrestore.io.atomic import file_sha256
 from diffrestore.io.manifest import Manifest
 
 __all__ = ["IMAGE_SUFFIXES", "BatchResult", "Item", "discover", "run_batch", "settings_id"]
@@ -65,14 +66,6 @@ def settings_id(settings: Mapping[str, Any]) -> str:
     """A short stable hash of the settings that change an output (same settings, same id)."""
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _inside(path: Path, folder: Path) -> bool:

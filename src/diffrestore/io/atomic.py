@@ -6,6 +6,7 @@ directory (same filesystem, so the final ``os.replace`` is atomic) and is rename
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -60,3 +61,12 @@ def follow_link_file(path: str | os.PathLike) -> Path:
     except (OSError, UnicodeDecodeError, ValueError):
         pass
     return p
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks (input identity for batch manifests and indexes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -23,7 +23,6 @@ Why this shape:
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import json
 import math
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from diffrestore.errors import UserError
+from diffrestore.io.atomic import file_sha256
 
 __all__ = [
     "DEFAULT_EMBED",
@@ -184,14 +184,6 @@ class Index:
         return [self.root / e["path"] for e in self.entries]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise UserError(f"image folder not found: {folder}")
@@ -268,7 +260,7 @@ def build_index(
             vecs.append(prev_e[1])
             reused += 1
         else:
-            e["sha256"] = _sha256(f)
+            e["sha256"] = file_sha256(f)
             if prev_e is not None and prev_e[0]["sha256"] == e["sha256"]:  # touched, not changed
                 vecs.append(prev_e[1])
                 reused += 1

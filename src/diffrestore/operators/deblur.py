@@ -48,6 +48,7 @@ from diffrestore.operators.base import (
     read_array_file,
     register_operator,
 )
+from diffrestore.operators.denoise import Identity
 
 __all__ = [
     "Blur",
@@ -394,28 +395,14 @@ class TileBlur(_Circular):
 
 
 @register_operator
-class UnknownBlur(SameShape, Operator):
+class UnknownBlur(Identity):
     """Blind deblurring: a blur whose kernel is unknown (``--kernel unknown``).
 
     Why an operator: the observation still has a task, a shape and a tiling story; only a method that
     estimates the kernel (SHRED) can use it — it replaces this placeholder with ``Blur(estimated kernel)``
     before any tile runs. Every other method refuses it (``blind`` flag). ``A`` is the identity meanwhile
-    (the blurred photo is its own best guess), which keeps reports defined.
+    (the blurred photo is its own best guess, ``Identity``'s algebra), which keeps reports defined.
     """
 
     task = "deblur"
-    channelwise = True
-    pointwise = True
     blind = True
-
-    def A(self, x: Tensor) -> Tensor:
-        return x
-
-    def At(self, y: Tensor) -> Tensor:
-        return y
-
-    def pinv(self, y: Tensor) -> Tensor:
-        return y
-
-    def get_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        return {}, {}
